@@ -1,0 +1,43 @@
+# The local stack and the main jobs. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+BROKERS ?= 1
+EVENTS ?= 1000000
+RATE ?= 0
+PYTEST_ARGS ?=
+export BROKERS
+
+.PHONY: help install up down status demo test test-fast bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install:  ## pip-install the pinned Python dependencies
+	$(PYTHON) -m pip install -q -e '.[dev]'
+
+up:  ## start Kafka (BROKERS=1|3) and Postgres, migrate the ledger (idempotent)
+	@infra/kafka.sh up
+	@infra/postgres.sh up
+
+down:  ## stop what `make up` started
+	@infra/kafka.sh down
+	@infra/postgres.sh down
+
+status:  ## show the local stack
+	@infra/kafka.sh status
+	@infra/postgres.sh status
+
+demo: up  ## the main job end to end on embedded ClickHouse, ending with verify's verdict
+	@EVENTS=$(EVENTS) $(PYTHON) experiments/demo.py --events $(EVENTS)
+
+test: up  ## the test suite against the real services
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-fast:  ## unit tests only (no services)
+	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: up  ## throughput / latency benchmark, ends with one JSON line
+	$(PYTHON) experiments/bench.py --events $(EVENTS) --rate $(RATE)
+
+clean:  ## remove local data (Kafka logs, embedded ClickHouse, LevelDB state)
+	rm -rf .data

@@ -1,0 +1,105 @@
+"""One way into ClickHouse for every stage: an embedded chDB path or a server URL.
+
+`chdb:///abs/path` opens the embedded engine in this process (it locks the path: one
+process at a time); `http(s)://user:pass@host:port/db` talks to a server. Both return a
+clickhouse-connect Client, so the rest of the code has a single path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+import structlog
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+from app.clickhouse.schema import MIGRATIONS, SCHEMA_VERSION_DDL
+from app.core.config import mask_url
+from app.core.errors import FatalError, RetryableError, ServiceLocked
+
+log = structlog.get_logger("clickhouse")
+
+# Inserts must be durable before the ledger marks a batch acknowledged: chDB defaults
+# to async inserts, which would acknowledge rows still in a buffer.
+DURABLE_INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class ClickHouseTarget:
+    url: str
+
+    @property
+    def embedded(self) -> bool:
+        return self.url.startswith("chdb:")
+
+    @property
+    def path(self) -> Path | None:
+        if not self.embedded:
+            return None
+        parts = urlsplit(self.url)
+        return Path(parts.path) if not parts.netloc else None
+
+
+def connect(url: str) -> Client:
+    """Open a client; translate lock and connection failures into our error types."""
+    target = ClickHouseTarget(url)
+    try:
+        if target.embedded:
+            if target.path is not None:
+                target.path.mkdir(parents=True, exist_ok=True)
+                _raise_if_locked(target.path)
+            client = clickhouse_connect.get_client(dsn=url, settings={"async_insert": 0})
+        else:
+            client = clickhouse_connect.get_client(dsn=url, connect_timeout=10, send_receive_timeout=300)
+    except (OperationalError, ConnectionError, OSError) as e:
+        raise RetryableError(f"ClickHouse unreachable at {mask_url(url)}: {e}") from e
+    return client
+
+
+def _raise_if_locked(path: Path) -> None:
+    """The engine flocks `<path>/status` while open; probe it so a held path gets a clear error
+    (chDB itself only reports a generic initialisation failure)."""
+    status = path / "status"
+    if not status.exists():
+        return
+    with open(status, "rb") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServiceLocked(
+                f"embedded ClickHouse at {path} is in use by another process (the sink owns it "
+                "while it runs); stop that process or point CLICKHOUSE_URL elsewhere") from None
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def migrate(client: Client) -> int:
+    """Create or upgrade the rollup tables; returns the schema version now in force."""
+    client.command(SCHEMA_VERSION_DDL)
+    applied = {int(r[0]) for r in client.query("SELECT version FROM schema_version").result_rows}
+    for version, description, statements in MIGRATIONS:
+        if version in applied:
+            continue
+        for stmt in statements:
+            client.command(stmt)
+        client.insert("schema_version", [[version, description]], column_names=["version", "description"])
+        log.info("clickhouse_migrated", version=version, description=description)
+    return max(v for v, _, _ in MIGRATIONS)
+
+
+def is_retryable(e: BaseException) -> bool:
+    """Server errors and transport failures are worth retrying; bad SQL is not."""
+    if isinstance(e, (OperationalError, ConnectionError, TimeoutError, RetryableError)):
+        return True
+    if isinstance(e, ClickHouseError):
+        return True
+    return False
+
+
+def raise_fatal_on_bad_url(url: str) -> None:
+    if not (url.startswith("chdb:") or url.startswith("http://") or url.startswith("https://")):
+        raise FatalError(f"unsupported CLICKHOUSE_URL {mask_url(url)!r}: use chdb:///abs/path or http(s)://")

@@ -1,0 +1,236 @@
+"""Configuration shared by every command: env var defaults, CLI flags, validation.
+
+Contract §1: every setting has an environment variable and a flag, and the flag wins.
+Configuration is parsed once at each entry point and passed down as frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA_DIR = REPO_ROOT / ".data"
+
+
+def default_clickhouse_url() -> str:
+    return f"chdb://{DEFAULT_DATA_DIR / 'clickhouse'}"
+
+
+ENV_DEFAULTS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/pipeline",
+    "EVENTS_TOPIC": "events",
+    "DLQ_TOPIC": "rollups.dlq",
+    "PIPELINE_ID": "rollups",
+}
+
+
+def env(name: str) -> str:
+    if name == "CLICKHOUSE_URL":
+        return os.environ.get(name) or default_clickhouse_url()
+    return os.environ.get(name) or ENV_DEFAULTS[name]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """Where the pipeline's services are and how its names are scoped."""
+
+    kafka_bootstrap_servers: str
+    database_url: str
+    clickhouse_url: str
+    events_topic: str
+    dlq_topic: str
+    pipeline_id: str
+
+    def masked(self) -> dict[str, str]:
+        """Safe to log: passwords in URLs replaced by ***."""
+        return {
+            "kafka_bootstrap_servers": self.kafka_bootstrap_servers,
+            "database_url": mask_url(self.database_url),
+            "clickhouse_url": mask_url(self.clickhouse_url),
+            "events_topic": self.events_topic,
+            "dlq_topic": self.dlq_topic,
+            "pipeline_id": self.pipeline_id,
+        }
+
+
+_PIPELINE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def pipeline_id_arg(value: str) -> str:
+    if not _PIPELINE_ID_RE.match(value):
+        raise argparse.ArgumentTypeError(f"invalid pipeline id {value!r}: use 1-64 of [A-Za-z0-9_.-]")
+    return value
+
+
+def add_service_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("services (env var default, the flag wins)")
+    g.add_argument("--bootstrap-servers", default=env("KAFKA_BOOTSTRAP_SERVERS"),
+                   help="Kafka brokers [KAFKA_BOOTSTRAP_SERVERS, default %(default)s]")
+    g.add_argument("--database-url", default=env("DATABASE_URL"),
+                   help="Postgres ledger URL [DATABASE_URL]")
+    g.add_argument("--clickhouse-url", default=env("CLICKHOUSE_URL"),
+                   help="chdb:///abs/path (embedded) or http(s)://user:pass@host:port/db [CLICKHOUSE_URL]")
+    g.add_argument("--events-topic", default=env("EVENTS_TOPIC"),
+                   help="input topic [EVENTS_TOPIC, default %(default)s]")
+    g.add_argument("--dlq-topic", default=env("DLQ_TOPIC"),
+                   help="side output for late and invalid events [DLQ_TOPIC, default %(default)s]")
+    g.add_argument("--pipeline-id", type=pipeline_id_arg, default=env("PIPELINE_ID"),
+                   help="consumer group and ledger scope [PIPELINE_ID, default %(default)s]")
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, *, metrics_port: int) -> None:
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--metrics-port", type=port_arg, default=metrics_port,
+                   help="Prometheus /metrics port, 0 = off (default %(default)s)")
+    g.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics endpoint binds to (default %(default)s)")
+    g.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
+
+
+def service_settings(args: argparse.Namespace) -> ServiceSettings:
+    return ServiceSettings(
+        kafka_bootstrap_servers=args.bootstrap_servers,
+        database_url=args.database_url,
+        clickhouse_url=args.clickhouse_url,
+        events_topic=args.events_topic,
+        dlq_topic=args.dlq_topic,
+        pipeline_id=args.pipeline_id,
+    )
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL so it can be logged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def psycopg_conninfo(url: str) -> str:
+    """psycopg takes postgresql://; the SQLAlchemy form postgresql+psycopg:// is accepted too."""
+    for prefix in ("postgresql+psycopg://", "postgres+psycopg://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix):]
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    url = psycopg_conninfo(url)
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+# ---- argument types -------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration_s(text: str) -> float:
+    """'200ms', '1s', '5m', '1h' or a bare number of seconds -> seconds."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid duration {text!r} (use e.g. 200ms, 1s, 5m)")
+    value = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if value < 0:
+        raise ValueError(f"duration must not be negative: {text!r}")
+    return value
+
+
+def duration_arg(text: str) -> float:
+    try:
+        return parse_duration_s(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def duration_ms_arg(text: str) -> int:
+    return int(round(duration_arg(text) * 1000))
+
+
+def positive_int_arg(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def non_negative_int_arg(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def fraction_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1]: {text!r}")
+    return value
+
+
+def port_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
+    return value
+
+
+def parse_time_ms(text: str) -> int:
+    """ISO 8601 UTC ('2025-11-20T01:00:00Z') or epoch milliseconds -> epoch ms."""
+    t = text.strip()
+    if re.fullmatch(r"-?\d+", t):
+        return int(t)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"invalid time {text!r}: use ISO 8601 UTC or epoch milliseconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def time_ms_arg(text: str) -> int:
+    try:
+        return parse_time_ms(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

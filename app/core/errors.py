@@ -1,0 +1,25 @@
+"""One root error type, a few meaningful subclasses. Library errors are translated at the seam."""
+
+
+class PipelineError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class RetryableError(PipelineError):
+    """A service is unreachable or busy; the same call may succeed later."""
+
+
+class FatalError(PipelineError):
+    """Configuration or input that retrying cannot fix (bad flags, lost retention)."""
+
+
+class InvariantViolation(PipelineError):
+    """Something that must never happen did; stop before writing anything wrong."""
+
+
+class OwnershipLost(InvariantViolation):
+    """This instance no longer owns a partition (fenced by a newer owner generation)."""
+
+
+class ServiceLocked(FatalError):
+    """An embedded ClickHouse path is owned by another process."""

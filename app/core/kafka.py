@@ -1,0 +1,117 @@
+"""Kafka helpers shared by the stages: client configs, topic creation, end offsets."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from app.core.errors import RetryableError
+
+log = structlog.get_logger("kafka")
+
+
+def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str, object]:
+    """Offsets live in the ledger, so the consumer never commits to Kafka."""
+    cfg: dict[str, object] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "isolation.level": "read_uncommitted",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 8 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+        "reconnect.backoff.max.ms": 5000,
+        "log_level": 3,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:
+    cfg: dict[str, object] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        # Java's partitioner, so every client puts one account in the same partition.
+        "partitioner": "murmur2_random",
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "reconnect.backoff.max.ms": 5000,
+        "log_level": 3,
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+
+
+def broker_count(client: AdminClient, timeout_s: float = 10.0) -> int:
+    try:
+        md = client.list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise RetryableError(f"Kafka metadata unavailable: {e}") from e
+    return len(md.brokers)
+
+
+def ensure_topic(bootstrap: str, name: str, partitions: int, *, replication: int | None = None,
+                 timeout_s: float = 30.0) -> int:
+    """Create `name` if missing (replication 3 and min ISR 2 on a 3+ broker cluster).
+
+    Returns the topic's partition count; an existing topic is accepted as it is.
+    """
+    client = admin(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            md = client.list_topics(timeout=10)
+            if name in md.topics and not md.topics[name].error:
+                return len(md.topics[name].partitions)
+            brokers = len(md.brokers)
+            rf = replication or (3 if brokers >= 3 else 1)
+            config = {"min.insync.replicas": "2"} if rf >= 3 else {}
+            futures = client.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=rf,
+                                                     config=config)])
+            try:
+                futures[name].result(timeout=30)
+                log.info("topic_created", topic=name, partitions=partitions, replication=rf)
+            except KafkaException as e:
+                if "TOPIC_ALREADY_EXISTS" not in str(e.args[0].name() if e.args else e):
+                    raise
+        except KafkaException as e:
+            if time.monotonic() > deadline:
+                raise RetryableError(f"cannot create topic {name}: {e}") from e
+            log.warning("topic_create_retry", topic=name, error=str(e))
+            time.sleep(1)
+
+
+def partitions_of(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
+    md = consumer.list_topics(topic, timeout=timeout_s)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        raise RetryableError(f"topic {topic} not found: {t.error if t else 'missing'}")
+    return sorted(t.partitions)
+
+
+def watermark_offsets(consumer: Consumer, topic: str, partition: int,
+                      timeout_s: float = 10.0) -> tuple[int, int]:
+    """(low, high) offsets of one partition; high is the next offset to be written."""
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+    except KafkaException as e:
+        raise RetryableError(f"watermark offsets of {topic}[{partition}] unavailable: {e}") from e
+    return int(low), int(high)
+
+
+def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
+    return {p: watermark_offsets(consumer, topic, p)[1] for p in partitions_of(consumer, topic)}

@@ -1,0 +1,36 @@
+"""Alembic environment: the ledger lives in the database named by DATABASE_URL."""
+
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from app.core.config import env, sqlalchemy_url
+
+config = context.config
+if config.config_file_name is not None:
+    fileConfig(config.config_file_name)
+
+
+def database_url() -> str:
+    return sqlalchemy_url(config.get_main_option("sqlalchemy.url") or env("DATABASE_URL"))
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(database_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, transaction_per_migration=True)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
