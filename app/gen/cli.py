@@ -99,8 +99,9 @@ def build_parser() -> ArgumentParser:
                     "records in the same per-partition order, whatever the rate.",
         epilog="Data flags (they decide the records): --seed --events --accounts --zipf-s --countries "
                "--late-fraction --out-of-order-spread --invalid-fraction --start-time --event-time-rate "
-               "(whose default follows --rate). Send flags (they never change the records): --rate --burst "
-               "--partitions and the service/runtime flags.",
+               "(whose default follows --rate: pass it explicitly to compare runs at different rates). "
+               "Send flags (they never change the records): --rate --burst --partitions, service and "
+               "runtime flags.",
     )
     d = p.add_argument_group("data (deterministic)")
     d.add_argument("--seed", type=non_negative_int_arg, default=42, help="random seed (default %(default)s)")
@@ -126,7 +127,7 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--event-time-rate", type=_float_arg(0.0, inclusive=False), default=None, metavar="EPS",
                    help="events per second of simulated event time: record i's ingest time is "
                         "start + floor(i*1000/EPS) ms (default: --rate if > 0, else 1000)")
-    s = p.add_argument_group("sending (never changes the records)")
+    s = p.add_argument_group("sending (no effect on the records, except --rate via the --event-time-rate default)")
     s.add_argument("--rate", type=_float_arg(0.0, inclusive=True), default=0.0,
                    help="open-model send rate in events/s; 0 = as fast as possible (default %(default)s)")
     s.add_argument("--burst", type=_bursts_arg, default=(), metavar="SPEC",

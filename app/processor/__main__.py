@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pause Kafka reads while more rows than this await ClickHouse (default %(default)s)")
     p.add_argument("--dlq-partitions", type=positive_int_arg, default=1,
                    help="partitions of the DLQ topic when the processor creates it (default 1)")
+    p.add_argument("--session-timeout", type=duration_ms_arg, default=10_000, metavar="DURATION",
+                   help="consumer-group session timeout: how soon a dead instance's partitions move "
+                        "(default 10s; the broker allows 6s..30m)")
     p.add_argument("--until-end", action="store_true",
                    help="stop once every partition reaches the end offsets seen at start, after emitting "
                         "every window")
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ProcessorConfig(services=service_settings(args), policy=policy, batch_max_wait_s=args.batch_max_wait,
                           batch_rows=args.batch_rows, poll_records=args.poll_records,
                           snapshot_interval_s=args.snapshot_interval, max_pending_rows=args.max_pending_rows,
-                          until_end=args.until_end, dlq_partitions=args.dlq_partitions)
+                          until_end=args.until_end, dlq_partitions=args.dlq_partitions,
+                          session_timeout_ms=args.session_timeout)
     serve_metrics(args.metrics_port, args.metrics_host)
     try:
         return Processor(cfg).run()

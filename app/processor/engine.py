@@ -48,6 +48,7 @@ class ProcessorConfig:
     max_pending_rows: int = 2_000_000
     until_end: bool = False
     dlq_partitions: int = 1
+    session_timeout_ms: int = 10_000
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -74,7 +75,10 @@ class Processor:
         self.dlq = DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.events_topic)
         self.consumer = Consumer(consumer_config(
             s.kafka_bootstrap_servers, s.pipeline_id,
-            **{"partition.assignment.strategy": "cooperative-sticky", "client.id": cfg.instance_id}))
+            **{"partition.assignment.strategy": "cooperative-sticky", "client.id": cfg.instance_id,
+               # a SIGKILLed owner's partitions move on after this long
+               "session.timeout.ms": cfg.session_timeout_ms,
+               "heartbeat.interval.ms": max(500, cfg.session_timeout_ms // 5)}))
         self.owned: dict[int, OwnedPartition] = {}
         self.paused = False
         self.stopping = False

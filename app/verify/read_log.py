@@ -100,14 +100,18 @@ def read_partition(consumer: Consumer, topic: str, rng: PartitionRange, *, batch
                         if m.offset() >= rng.high:
                             next_offset = rng.high
                         continue
-                    if err.retriable() or not err.fatal():
-                        log.warning("kafka_consume_error", partition=rng.partition, error=str(err))
-                        continue
-                    raise RetryableError(f"consuming {topic}[{rng.partition}] failed: {err}")
+                    if err.fatal():
+                        raise FatalError(f"consuming {topic}[{rng.partition}] failed: {err}")
+                    # Transport hiccups: librdkafka retries by itself; the stall timeout
+                    # above ends the wait if the broker never comes back.
+                    log.warning("kafka_consume_error", partition=rng.partition, error=str(err))
+                    continue
                 off = m.offset()
                 if off >= rng.high:  # written after we started: not part of this verification
                     next_offset = rng.high
                     break
+                if off < next_offset:  # never expected; a re-delivery must not count twice
+                    continue
                 values.append(m.value())
                 next_offset = off + 1
             if values:

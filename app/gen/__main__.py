@@ -1,0 +1,68 @@
+"""`python -m app.gen`: deterministic seeded producer (contract §7).
+
+Exit codes: 0 done (or stopped by SIGTERM/SIGINT after flushing), 1 Kafka unreachable or a
+record not acknowledged, 2 bad flags.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import structlog
+
+from app.core.errors import PipelineError
+from app.core.logging import configure_logging
+from app.core.metrics import serve_metrics
+from app.gen.cli import parse_args
+from app.gen.produce import prepare_topic, run
+
+log = structlog.get_logger("gen")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("gen_signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    serve_metrics(args.metrics_port, args.metrics_host)
+    spec, plan = args.spec, args.plan
+    log.info("gen_start", topic=plan.topic, bootstrap=args.settings.kafka_bootstrap_servers,
+             events=spec.events, rate=plan.rate or "max", seed=spec.seed, accounts=spec.accounts,
+             zipf_s=spec.zipf_s, countries=spec.countries, late_fraction=spec.late_fraction,
+             out_of_order_spread_ms=spec.out_of_order_spread_ms, invalid_fraction=spec.invalid_fraction,
+             start_ms=spec.start_ms, event_time_rate=spec.event_time_rate,
+             bursts=[f"{b.multiplier:g}x@{b.start_s:g}+{b.duration_s:g}" for b in plan.bursts])
+    try:
+        partitions = prepare_topic(args.settings.kafka_bootstrap_servers, plan, stop)
+        result = run(spec, plan, args.settings.kafka_bootstrap_servers, stop)
+    except PipelineError as e:
+        if stop.is_set():
+            log.info("gen_done", events=0, stopped=True, reason="signal before the topic was ready")
+            return 0
+        log.error("gen_failed", error=str(e), bootstrap=args.settings.kafka_bootstrap_servers,
+                  topic=plan.topic)
+        return 1
+    if result.failed:
+        log.error("gen_failed", error="records not acknowledged by Kafka", failed=result.failed,
+                  first_error=result.first_error, sent=result.events, topic=plan.topic)
+        return 1
+    log.info("gen_done", events=result.events, on_time=result.on_time, late=result.late,
+             invalid=result.invalid, seconds=round(result.seconds, 3),
+             events_per_s=round(result.events_per_s, 1), topic=plan.topic, partitions=partitions,
+             stopped=result.stopped)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

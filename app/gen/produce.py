@@ -1,0 +1,211 @@
+"""The Kafka side of the generator: an open-model send loop over app.gen.model's records.
+
+Open model: record i is due at t0 + schedule.due_s(i) whatever the broker does, so a slow
+pipeline shows up as lag downstream instead of as a slower generator. Only the bounded
+local producer queue can hold the loop back (BufferError -> poll -> retry), and every
+second behind schedule is reported (gen_behind log, GEN_BEHIND gauge).
+
+Ordering: an idempotent producer keeps each partition's order across retries, so each
+partition receives its records in generation order; that is what makes the per-partition
+order (and so the watermark classification) a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+from confluent_kafka import KafkaError, Message, Producer
+
+from app.core.errors import FatalError, RetryableError
+from app.core.kafka import ensure_topic, producer_config
+from app.core.metrics import GEN_BEHIND, GEN_EVENTS
+from app.core.retry import Backoff, retry_call
+from app.gen.cli import SendPlan
+from app.gen.model import GenSpec, chunk_columns, encode_columns
+from app.gen.schedule import RateSchedule
+
+log = structlog.get_logger("gen")
+
+_SLICE = 4_096            # records sent between two clock checks when rate-limited
+_BEHIND_LOG_EVERY_S = 5.0
+_BEHIND_THRESHOLD_S = 1.0
+_PROGRESS_EVERY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class GenResult:
+    events: int           # records handed to the producer (all acknowledged unless failed > 0)
+    on_time: int
+    late: int
+    invalid: int
+    seconds: float
+    failed: int           # records the broker did not acknowledge
+    stopped: bool         # cut short by SIGTERM / SIGINT
+    first_error: str | None
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(slots=True)
+class _DeliveryState:
+    """Filled from librdkafka's callbacks (on the thread that calls poll/flush)."""
+
+    failed: int = 0
+    first_error: str | None = None
+    fatal: str | None = None
+    last_error_log: float = field(default=0.0)
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        # Only called for failures: the producer runs with delivery.report.only.error.
+        if err is None:
+            return
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = f"{err.name()}: {err.str()}"
+            log.error("gen_delivery_failed", error=self.first_error, partition=msg.partition())
+
+    def on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self.fatal = f"{err.name()}: {err.str()}"
+            log.error("kafka_fatal_error", error=self.fatal)
+            return
+        now = time.monotonic()
+        if now - self.last_error_log >= 5.0:   # librdkafka repeats these every retry
+            self.last_error_log = now
+            log.warning("kafka_error", error=f"{err.name()}: {err.str()}",
+                        hint="librdkafka keeps retrying; records wait in the local queue")
+
+
+class _Feed:
+    """Records in generation order, one chunk at a time, with per-class counts."""
+
+    def __init__(self, spec: GenSpec) -> None:
+        self.spec = spec
+        self.chunk = -1
+        self.records: list[tuple[bytes, bytes]] = []
+        self.pos = 0
+        self._late = np.zeros(0, dtype=bool)
+        self._invalid = np.zeros(0, dtype=bool)
+
+    def take(self, n: int) -> tuple[list[tuple[bytes, bytes]], int, int]:
+        """Up to n next records (never across a chunk boundary), with their late and invalid counts."""
+        if self.pos >= len(self.records):
+            self.chunk += 1
+            cols = chunk_columns(self.spec, self.chunk)
+            self.records = encode_columns(cols)
+            self._invalid = ~cols.valid
+            self._late = cols.late & cols.valid
+            self.pos = 0
+        lo, hi = self.pos, min(self.pos + n, len(self.records))
+        self.pos = hi
+        return (self.records[lo:hi], int(np.count_nonzero(self._late[lo:hi])),
+                int(np.count_nonzero(self._invalid[lo:hi])))
+
+
+def prepare_topic(bootstrap: str, plan: SendPlan, stop: threading.Event) -> int:
+    """Create the events topic if missing (contract §5); retry while Kafka is unreachable."""
+    deadline = plan.connect_timeout_s or None
+    partitions = retry_call(
+        lambda: ensure_topic(bootstrap, plan.topic, plan.partitions, timeout_s=10.0),
+        what=f"kafka {bootstrap}: create or find topic {plan.topic}",
+        retry_on=(RetryableError,), deadline_s=deadline, backoff=Backoff(initial_s=0.5, max_s=10.0),
+        should_stop=stop.is_set,
+    )
+    if partitions != plan.partitions:
+        log.warning("topic_partitions_differ", topic=plan.topic, existing=partitions, requested=plan.partitions,
+                    hint="records partition by key over the existing count")
+    return partitions
+
+
+def run(spec: GenSpec, plan: SendPlan, bootstrap: str, stop: threading.Event) -> GenResult:
+    """Send spec's records to plan.topic; returns when done, stopped, or failed (records flushed)."""
+    state = _DeliveryState()
+    producer = Producer(producer_config(bootstrap, **{
+        "delivery.report.only.error": True,    # one Python callback per failure, not per record
+        "on_delivery": state.on_delivery,
+        "error_cb": state.on_error,
+    }))
+    schedule = RateSchedule.create(plan.rate, plan.bursts) if plan.rate > 0 else None
+    progress = sys.stderr.isatty()
+    feed = _Feed(spec)
+    produce = producer.produce
+    topic = plan.topic
+    total = spec.events
+    sent = late = invalid = 0
+    last_behind_log = -_BEHIND_LOG_EVERY_S
+    behind_logged = False
+    last_progress = 0.0
+    t0 = time.monotonic()
+
+    while sent < total and not stop.is_set() and state.failed == 0 and state.fatal is None:
+        budget = total - sent
+        if schedule is not None:
+            elapsed = time.monotonic() - t0
+            due = min(total, schedule.due_count(elapsed))
+            if due <= sent:
+                # Ahead of schedule: serve callbacks, then sleep until the next record is due.
+                producer.poll(0)
+                time.sleep(min(max(schedule.due_s(sent) - elapsed, 0.0), 0.05))
+                continue
+            behind = elapsed - schedule.due_s(sent)
+            GEN_BEHIND.set(max(behind, 0.0))
+            if behind > _BEHIND_THRESHOLD_S and elapsed - last_behind_log >= _BEHIND_LOG_EVERY_S:
+                log.warning("gen_behind", behind_s=round(behind, 2), sent=sent,
+                            rate=schedule.rate_at(elapsed))
+                last_behind_log, behind_logged = elapsed, True
+            elif behind_logged and behind <= _BEHIND_THRESHOLD_S:
+                log.info("gen_caught_up", sent=sent)
+                behind_logged = False
+            budget = min(due - sent, _SLICE)
+        records, n_late, n_invalid = feed.take(budget)
+        for key, value in records:
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                # The local queue is full: the only back-pressure an open model accepts.
+                while True:
+                    producer.poll(0.05)
+                    try:
+                        produce(topic, value, key)
+                        break
+                    except BufferError:
+                        continue
+        sent += len(records)
+        late += n_late
+        invalid += n_invalid
+        GEN_EVENTS.labels(class_="on_time").inc(len(records) - n_late - n_invalid)
+        GEN_EVENTS.labels(class_="late").inc(n_late)
+        GEN_EVENTS.labels(class_="invalid").inc(n_invalid)
+        producer.poll(0)
+        if progress and time.monotonic() - last_progress >= _PROGRESS_EVERY_S:
+            last_progress = time.monotonic()
+            _progress_line(sent, total, last_progress - t0)
+
+    stopped = stop.is_set() and sent < total
+    if stopped:
+        log.info("gen_stopping", sent=sent, reason="signal", hint="flushing queued records")
+    while len(producer) > 0 and state.fatal is None:
+        producer.flush(1.0)
+    seconds = time.monotonic() - t0
+    if progress:
+        _progress_line(sent, total, seconds)
+        sys.stderr.write("\n")
+    GEN_BEHIND.set(0.0)
+    if state.fatal is not None:
+        raise FatalError(f"Kafka producer fatal error: {state.fatal}")
+    return GenResult(events=sent, on_time=sent - late - invalid, late=late, invalid=invalid, seconds=seconds,
+                     failed=state.failed, stopped=stopped, first_error=state.first_error)
+
+
+def _progress_line(sent: int, total: int, elapsed: float) -> None:
+    rate = sent / elapsed if elapsed > 0 else 0.0
+    pct = 100.0 * sent / total if total else 100.0
+    sys.stderr.write(f"\rgen: {sent:,}/{total:,} sent ({pct:5.1f}%), {rate:,.0f} events/s   ")
+    sys.stderr.flush()

@@ -1,0 +1,208 @@
+"""Read what the pipeline produced (ClickHouse FINAL, ledger DLQ counts) and diff it per key
+against the ground truth. Reading and diffing are separate so tests can diff hand-made data."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from app.clickhouse.schema import ROLLUP_TABLES, TABLE_OF_KIND
+from app.verify.truth import INVALID, LATE_HOUR, LATE_MINUTE, RollupKey, RollupValue, Truth
+
+DLQ_KEYS: tuple[tuple[str, str], ...] = (INVALID, LATE_MINUTE, LATE_HOUR)
+
+
+# ---- reading ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TableSnapshot:
+    """One rollup table as `SELECT ... FINAL` shows it."""
+
+    table: str
+    rows: dict[RollupKey, RollupValue]
+    duplicates: tuple[RollupKey, ...] = ()  # keys FINAL returned more than once (must never happen)
+    exists: bool = True
+
+
+def read_clickhouse(client: Client, table: str) -> TableSnapshot:
+    """Stream `table FINAL` into key -> (event_count, sum_amount); a missing table reads as empty."""
+    if table not in ROLLUP_TABLES:  # the name goes into SQL text; only our own tables
+        raise ValueError(f"not a rollup table: {table!r}")
+    if not int(client.command(f"EXISTS TABLE {table}")):
+        return TableSnapshot(table, {}, (), exists=False)
+    rows: dict[RollupKey, RollupValue] = {}
+    duplicates: list[RollupKey] = []
+    # sum_amount is Int128: toString keeps it exact whatever the driver does with wide ints.
+    sql = (f"SELECT toUInt32(window_start), account_id, country, event_count, toString(sum_amount) "
+           f"FROM {table} FINAL")
+    with client.query_row_block_stream(sql) as stream:
+        for block in stream:
+            for ws, account_id, country, count, amount in block:
+                key = (int(ws), int(account_id), _text(country))
+                if key in rows:
+                    duplicates.append(key)
+                    continue
+                rows[key] = (int(count), int(amount))
+    return TableSnapshot(table, rows, tuple(duplicates))
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def read_ledger_dlq(conn: Any, pipeline_id: str, topic: str) -> dict[tuple[str, str], int]:
+    """(reason, window_kind) -> count from the ledger (psycopg 3 connection)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT reason, window_kind, sum(count) FROM dlq_count "
+            "WHERE pipeline_id = %s AND topic = %s GROUP BY 1, 2",
+            (pipeline_id, topic),
+        )
+        return {(str(r), str(k)): int(n) for r, k, n in cur.fetchall()}
+
+
+def read_ledger_positions(conn: Any, pipeline_id: str, topic: str) -> dict[int, int]:
+    """partition -> next offset the processor will read; only for the summary (where it stands)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT partition, next_offset FROM partition_state WHERE pipeline_id = %s AND topic = %s",
+            (pipeline_id, topic),
+        )
+        return {int(p): int(o) for p, o in cur.fetchall()}
+
+
+# ---- diffing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDiff:
+    key: RollupKey
+    truth: RollupValue | None  # None: extra in ClickHouse
+    clickhouse: RollupValue | None  # None: missing in ClickHouse
+    duplicate: bool = False  # FINAL returned the key more than once
+
+    @property
+    def what(self) -> str:
+        if self.duplicate:
+            return "duplicate"
+        if self.clickhouse is None:
+            return "missing"
+        if self.truth is None:
+            return "extra"
+        return "different"
+
+
+@dataclass(frozen=True, slots=True)
+class TableReport:
+    kind: str
+    table: str
+    truth_rows: int
+    truth_events: int
+    truth_amount: int
+    clickhouse_rows: int
+    clickhouse_events: int
+    clickhouse_amount: int
+    missing: int
+    extra: int
+    different: int
+    duplicates: int
+    table_exists: bool
+    examples: tuple[KeyDiff, ...]  # the first differing keys, in key order
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.different or self.duplicates)
+
+
+@dataclass(frozen=True, slots=True)
+class DlqLine:
+    reason: str
+    window_kind: str
+    truth: int
+    ledger: int
+
+
+@dataclass(frozen=True, slots=True)
+class DlqReport:
+    lines: tuple[DlqLine, ...]
+
+    @property
+    def equal(self) -> bool:
+        return all(line.truth == line.ledger for line in self.lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    tables: tuple[TableReport, ...]
+    dlq: DlqReport
+
+    @property
+    def exact(self) -> bool:
+        return self.dlq.equal and all(t.equal for t in self.tables)
+
+    def mismatches(self) -> list[str]:
+        """One short phrase per difference, for the verdict line."""
+        out = []
+        for t in self.tables:
+            parts = [f"{n} {what}" for n, what in ((t.missing, "missing"), (t.extra, "extra"),
+                                                   (t.different, "different"), (t.duplicates, "duplicate"))
+                     if n]
+            if parts:
+                out.append(f"{t.table}: " + ", ".join(parts))
+        for line in self.dlq.lines:
+            if line.truth != line.ledger:
+                name = line.reason + (f"/{line.window_kind}" if line.window_kind else "")
+                out.append(f"dlq {name}: truth {line.truth} ledger {line.ledger}")
+        return out
+
+
+def diff_table(kind: str, truth_rows: Mapping[RollupKey, RollupValue], snapshot: TableSnapshot,
+               max_diffs: int = 20) -> TableReport:
+    """Per-key diff of one kind's truth against its table; totals on both sides."""
+    ch_rows = snapshot.rows
+    missing: list[RollupKey] = []
+    different: list[RollupKey] = []
+    for key, value in truth_rows.items():
+        got = ch_rows.get(key)
+        if got is None:
+            missing.append(key)
+        elif got != value:
+            different.append(key)
+    extra = [k for k in ch_rows if k not in truth_rows]
+    dup = set(snapshot.duplicates)
+    first = heapq.nsmallest(max_diffs, {*missing, *different, *extra, *dup})
+    examples = tuple(KeyDiff(k, truth_rows.get(k), ch_rows.get(k), k in dup) for k in first)
+    return TableReport(
+        kind=kind,
+        table=snapshot.table,
+        truth_rows=len(truth_rows),
+        truth_events=sum(c for c, _ in truth_rows.values()),
+        truth_amount=sum(a for _, a in truth_rows.values()),
+        clickhouse_rows=len(ch_rows) + len(snapshot.duplicates),
+        clickhouse_events=sum(c for c, _ in ch_rows.values()),
+        clickhouse_amount=sum(a for _, a in ch_rows.values()),
+        missing=len(missing),
+        extra=len(extra),
+        different=len(different),
+        duplicates=len(snapshot.duplicates),
+        table_exists=snapshot.exists,
+        examples=examples,
+    )
+
+
+def diff_dlq(truth_dlq: Mapping[tuple[str, str], int], ledger_dlq: Mapping[tuple[str, str], int]) -> DlqReport:
+    """The three known (reason, window_kind) counts, plus anything unexpected the ledger holds."""
+    keys = list(DLQ_KEYS) + sorted(k for k in ledger_dlq if k not in DLQ_KEYS)
+    return DlqReport(tuple(DlqLine(r, k, truth_dlq.get((r, k), 0), ledger_dlq.get((r, k), 0)) for r, k in keys))
+
+
+def diff(truth: Truth, clickhouse: Mapping[str, TableSnapshot], ledger_dlq: Mapping[tuple[str, str], int],
+         max_diffs: int = 20) -> Report:
+    """The whole verdict: `clickhouse` maps a window kind ('minute', 'hour') to its table snapshot."""
+    tables = tuple(diff_table(kind, truth.rollups[kind], clickhouse[kind], max_diffs) for kind in TABLE_OF_KIND)
+    return Report(tables=tables, dlq=diff_dlq(truth.dlq, ledger_dlq))

@@ -1,0 +1,139 @@
+"""Shared fixtures: real Kafka and Postgres (started by `make up`), an isolated pipeline per test.
+
+Each test gets its own topics, PIPELINE_ID (ledger scope and consumer group) and embedded
+ClickHouse path. Tests that need services skip when they are unreachable, except in CI,
+where a missing service is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pipeline")
+
+
+def _reachable(hostport: str) -> bool:
+    host, _, port = hostport.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _require(ok: bool, what: str) -> None:
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is not reachable; .ci/run must start it (make up)")
+    pytest.skip(f"{what} not reachable: run `make up`")
+
+
+@pytest.fixture(scope="session")
+def kafka() -> str:
+    _require(_reachable(BOOTSTRAP), f"Kafka at {BOOTSTRAP}")
+    return BOOTSTRAP
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    _require(_reachable("127.0.0.1:5432"), "Postgres at 127.0.0.1:5432")
+    return DATABASE_URL
+
+
+@dataclass
+class Pipeline:
+    """One isolated pipeline: names, env for the commands, helpers to run them."""
+
+    pipeline_id: str
+    topic: str
+    dlq_topic: str
+    clickhouse_url: str
+    tmp: Path
+    bootstrap: str
+    database_url: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("PIPELINE_CRASH_AT", None)
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "DATABASE_URL": self.database_url,
+            "CLICKHOUSE_URL": self.clickhouse_url, "EVENTS_TOPIC": self.topic, "DLQ_TOPIC": self.dlq_topic,
+            "PIPELINE_ID": self.pipeline_id, "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning",
+        })
+        env.update(extra)
+        return env
+
+    def run(self, module: str, *args: str, crash_at: str | None = None, timeout: float = 300,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        extra = {"PIPELINE_CRASH_AT": crash_at} if crash_at else {}
+        argv = [sys.executable, "-m", module, *args]
+        if module != "app.gen" or "--metrics-port" not in args:
+            argv += ["--metrics-port", "0"] if module in ("app.processor", "app.sink") else []
+        res = subprocess.run(argv, env=self.env(**extra), cwd=REPO, capture_output=True, text=True,
+                             timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{module} {' '.join(args)} exited {res.returncode}\n"
+                                 f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}")
+        return res
+
+    def start(self, module: str, *args: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
+        extra = {"PIPELINE_CRASH_AT": crash_at} if crash_at else {}
+        argv = [sys.executable, "-m", module, *args]
+        if module in ("app.processor", "app.sink"):
+            argv += ["--metrics-port", "0"]
+        proc = subprocess.Popen(argv, env=self.env(**extra), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
+
+    def gen(self, *args: str) -> None:
+        self.run("app.gen", *args)
+
+    def processor(self, *args: str, crash_at: str | None = None, check: bool = True,
+                  ) -> subprocess.CompletedProcess[str]:
+        return self.run("app.processor", "--until-end", *args, crash_at=crash_at, check=check)
+
+    def sink(self, *args: str, crash_at: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("app.sink", "--until-idle", *args, crash_at=crash_at, check=check)
+
+    def verify(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run("app.verify", *args, check=False)
+
+    def ledger(self) -> psycopg.Connection:  # type: ignore[type-arg]
+        return psycopg.connect(self.database_url, autocommit=True)
+
+
+LEDGER_TABLES = ("sink_batch", "window_snapshot", "dlq_count", "partition_state", "pipeline_run",
+                 "ledger_checkpoint")
+
+
+@pytest.fixture
+def pipeline(kafka: str, postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
+    pid = f"t-{uuid.uuid4().hex[:10]}"
+    p = Pipeline(pipeline_id=pid, topic=f"{pid}.events", dlq_topic=f"{pid}.dlq",
+                 clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}", tmp=tmp_path, bootstrap=kafka,
+                 database_url=postgres)
+    yield p
+    for proc in p.procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    with p.ledger() as conn:
+        for table in LEDGER_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed names)
+    from confluent_kafka.admin import AdminClient
+    AdminClient({"bootstrap.servers": kafka}).delete_topics([p.topic, p.dlq_topic])
