@@ -5,12 +5,31 @@ from __future__ import annotations
 import time
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.core.errors import RetryableError
 
 log = structlog.get_logger("kafka")
+
+_last_logged: dict[str, float] = {}
+
+
+def _error_cb(err: KafkaError) -> None:
+    """librdkafka retries connections itself; say so once per error kind per 10 s instead of
+    one line per attempt."""
+    key = str(err.code())
+    now = time.monotonic()
+    if now - _last_logged.get(key, -1e9) >= 10.0:
+        _last_logged[key] = now
+        log.warning("kafka_unavailable_retrying", error=err.str(), code=err.name(), fatal=err.fatal())
+
+
+def _quiet(cfg: dict[str, object]) -> dict[str, object]:
+    # librdkafka's own log lines are replaced by _error_cb's rate-limited ones
+    cfg.setdefault("log_level", 0)
+    cfg.setdefault("error_cb", _error_cb)
+    return cfg
 
 
 def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str, object]:
@@ -27,10 +46,9 @@ def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str,
         "max.partition.fetch.bytes": 8 * 1024 * 1024,
         "queued.max.messages.kbytes": 256 * 1024,
         "reconnect.backoff.max.ms": 5000,
-        "log_level": 3,
     }
     cfg.update(extra)
-    return cfg
+    return _quiet(cfg)
 
 
 def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:
@@ -46,14 +64,13 @@ def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,
         "reconnect.backoff.max.ms": 5000,
-        "log_level": 3,
     }
     cfg.update(extra)
-    return cfg
+    return _quiet(cfg)
 
 
 def admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    return AdminClient(_quiet({"bootstrap.servers": bootstrap}))
 
 
 def broker_count(client: AdminClient, timeout_s: float = 10.0) -> int:

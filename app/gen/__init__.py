@@ -5,10 +5,20 @@ A verifier can rebuild any record from the seed with `generate_chunk` / `chunk_c
 and its partition with `partition.partition_for_key` / `partitions_for_accounts`.
 """
 
-from app.gen.model import CHUNK_SIZE, COUNTRIES, KINDS, ChunkColumns, GenSpec, chunk_columns, generate, generate_chunk
+from app.gen.model import (
+    CHUNK_SIZE,
+    COUNTRIES,
+    KINDS,
+    ChunkColumns,
+    GenSpec,
+    chunk_columns,
+    generate,
+    generate_chunk,
+)
 from app.gen.partition import murmur2, partition_for_key, partitions_for_accounts
 
 __all__ = [
-    "CHUNK_SIZE", "COUNTRIES", "KINDS", "ChunkColumns", "GenSpec", "chunk_columns", "generate", "generate_chunk",
+    "CHUNK_SIZE", "COUNTRIES", "KINDS", "ChunkColumns", "GenSpec", "chunk_columns", "generate",
+    "generate_chunk",
     "murmur2", "partition_for_key", "partitions_for_accounts",
 ]

@@ -117,7 +117,8 @@ def build_parser() -> ArgumentParser:
                    help="fraction of events given an extra long-tail lag (median 100 s, up to 2 h) "
                         "(default %(default)s)")
     d.add_argument("--out-of-order-spread", type=duration_ms_arg, default="2s", metavar="DURATION",
-                   help="event_time = ingest time - uniform(0, spread) for normal events (default %(default)s)")
+                   help="event_time = ingest time - uniform(0, spread) for normal events "
+                        "(default %(default)s)")
     d.add_argument("--invalid-fraction", type=fraction_arg, default=0.001,
                    help="fraction of invalid records, split evenly across the invalid classes "
                         "(default %(default)s)")
@@ -127,7 +128,8 @@ def build_parser() -> ArgumentParser:
     d.add_argument("--event-time-rate", type=_float_arg(0.0, inclusive=False), default=None, metavar="EPS",
                    help="events per second of simulated event time: record i's ingest time is "
                         "start + floor(i*1000/EPS) ms (default: --rate if > 0, else 1000)")
-    s = p.add_argument_group("sending (no effect on the records, except --rate via the --event-time-rate default)")
+    s = p.add_argument_group(
+        "sending (no effect on the records, except --rate via the --event-time-rate default)")
     s.add_argument("--rate", type=_float_arg(0.0, inclusive=True), default=0.0,
                    help="open-model send rate in events/s; 0 = as fast as possible (default %(default)s)")
     s.add_argument("--burst", type=_bursts_arg, default=(), metavar="SPEC",
@@ -136,7 +138,8 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--partitions", type=positive_int_arg, default=8,
                    help="partitions of the events topic if it has to be created (default %(default)s)")
     s.add_argument("--connect-timeout", type=duration_arg, default="5m", metavar="DURATION",
-                   help="give up (exit 1) if Kafka stays unreachable this long; 0 = never (default %(default)s)")
+                   help="give up (exit 1) if Kafka stays unreachable this long; 0 = never "
+                        "(default %(default)s)")
     add_service_args(p)
     add_runtime_args(p, metrics_port=0)
     return p

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from app.core.errors import FatalError, RetryableError
 from app.core.kafka import ensure_topic, producer_config
@@ -60,6 +61,7 @@ class _DeliveryState:
     failed: int = 0
     first_error: str | None = None
     fatal: str | None = None
+    refused: str | None = None    # the client rejected a record outright (produce() raised)
     last_error_log: float = field(default=0.0)
 
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -94,8 +96,8 @@ class _Feed:
         self._late = np.zeros(0, dtype=bool)
         self._invalid = np.zeros(0, dtype=bool)
 
-    def take(self, n: int) -> tuple[list[tuple[bytes, bytes]], int, int]:
-        """Up to n next records (never across a chunk boundary), with their late and invalid counts."""
+    def take(self, n: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """(offset in the chunk, up to n next records); never crosses a chunk boundary."""
         if self.pos >= len(self.records):
             self.chunk += 1
             cols = chunk_columns(self.spec, self.chunk)
@@ -105,13 +107,55 @@ class _Feed:
             self.pos = 0
         lo, hi = self.pos, min(self.pos + n, len(self.records))
         self.pos = hi
-        return (self.records[lo:hi], int(np.count_nonzero(self._late[lo:hi])),
-                int(np.count_nonzero(self._invalid[lo:hi])))
+        return lo, self.records[lo:hi]
+
+    def counts(self, lo: int, hi: int) -> tuple[int, int]:
+        """(late, invalid) among the current chunk's records [lo, hi)."""
+        return int(np.count_nonzero(self._late[lo:hi])), int(np.count_nonzero(self._invalid[lo:hi]))
+
+
+def _send(producer: Producer, topic: str, records: list[tuple[bytes, bytes]], stop: threading.Event,
+          state: _DeliveryState) -> int:
+    """Hand records to the producer in order; returns how many were accepted (fewer only when
+    stopped while the local queue was full, or when the client refused a record)."""
+    produce = producer.produce
+    for i, (key, value) in enumerate(records):
+        while True:
+            try:
+                produce(topic, value, key)
+                break
+            except BufferError:
+                # The local queue is full: the only back-pressure an open model accepts.
+                if stop.is_set():
+                    return i
+                producer.poll(0.05)
+            except KafkaException as e:
+                state.refused = str(e)
+                log.error("kafka_produce_refused", error=str(e))
+                return i
+    return len(records)
+
+
+def _probe(bootstrap: str, timeout_s: float) -> None:
+    """One metadata round trip. Quiet on purpose: librdkafka would print a line per reconnect
+    (every ~50 ms) while the broker is down; retry_call logs one line per attempt instead."""
+    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        client.list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise RetryableError(f"Kafka unreachable at {bootstrap}: {e}") from e
 
 
 def prepare_topic(bootstrap: str, plan: SendPlan, stop: threading.Event) -> int:
     """Create the events topic if missing (contract §5); retry while Kafka is unreachable."""
     deadline = plan.connect_timeout_s or None
+    probe_s = min(5.0, plan.connect_timeout_s or 5.0)
+    retry_call(
+        lambda: _probe(bootstrap, probe_s),
+        what=f"connect to kafka {bootstrap}",
+        retry_on=(RetryableError,), deadline_s=deadline, backoff=Backoff(initial_s=0.5, max_s=10.0),
+        should_stop=stop.is_set,
+    )
     partitions = retry_call(
         lambda: ensure_topic(bootstrap, plan.topic, plan.partitions, timeout_s=10.0),
         what=f"kafka {bootstrap}: create or find topic {plan.topic}",
@@ -119,8 +163,8 @@ def prepare_topic(bootstrap: str, plan: SendPlan, stop: threading.Event) -> int:
         should_stop=stop.is_set,
     )
     if partitions != plan.partitions:
-        log.warning("topic_partitions_differ", topic=plan.topic, existing=partitions, requested=plan.partitions,
-                    hint="records partition by key over the existing count")
+        log.warning("topic_partitions_differ", topic=plan.topic, existing=partitions,
+                    requested=plan.partitions, hint="records partition by key over the existing count")
     return partitions
 
 
@@ -135,7 +179,6 @@ def run(spec: GenSpec, plan: SendPlan, bootstrap: str, stop: threading.Event) ->
     schedule = RateSchedule.create(plan.rate, plan.bursts) if plan.rate > 0 else None
     progress = sys.stderr.isatty()
     feed = _Feed(spec)
-    produce = producer.produce
     topic = plan.topic
     total = spec.events
     sent = late = invalid = 0
@@ -144,7 +187,7 @@ def run(spec: GenSpec, plan: SendPlan, bootstrap: str, stop: threading.Event) ->
     last_progress = 0.0
     t0 = time.monotonic()
 
-    while sent < total and not stop.is_set() and state.failed == 0 and state.fatal is None:
+    while sent < total and not stop.is_set() and not (state.failed or state.fatal or state.refused):
         budget = total - sent
         if schedule is not None:
             elapsed = time.monotonic() - t0
@@ -164,23 +207,13 @@ def run(spec: GenSpec, plan: SendPlan, bootstrap: str, stop: threading.Event) ->
                 log.info("gen_caught_up", sent=sent)
                 behind_logged = False
             budget = min(due - sent, _SLICE)
-        records, n_late, n_invalid = feed.take(budget)
-        for key, value in records:
-            try:
-                produce(topic, value, key)
-            except BufferError:
-                # The local queue is full: the only back-pressure an open model accepts.
-                while True:
-                    producer.poll(0.05)
-                    try:
-                        produce(topic, value, key)
-                        break
-                    except BufferError:
-                        continue
-        sent += len(records)
+        lo, records = feed.take(budget)
+        accepted = _send(producer, topic, records, stop, state)
+        n_late, n_invalid = feed.counts(lo, lo + accepted)
+        sent += accepted
         late += n_late
         invalid += n_invalid
-        GEN_EVENTS.labels(class_="on_time").inc(len(records) - n_late - n_invalid)
+        GEN_EVENTS.labels(class_="on_time").inc(accepted - n_late - n_invalid)
         GEN_EVENTS.labels(class_="late").inc(n_late)
         GEN_EVENTS.labels(class_="invalid").inc(n_invalid)
         producer.poll(0)
@@ -200,6 +233,8 @@ def run(spec: GenSpec, plan: SendPlan, bootstrap: str, stop: threading.Event) ->
     GEN_BEHIND.set(0.0)
     if state.fatal is not None:
         raise FatalError(f"Kafka producer fatal error: {state.fatal}")
+    if state.refused is not None:
+        raise FatalError(f"Kafka producer refused record {sent}: {state.refused}")
     return GenResult(events=sent, on_time=sent - late - invalid, late=late, invalid=invalid, seconds=seconds,
                      failed=state.failed, stopped=stopped, first_error=state.first_error)
 

@@ -9,6 +9,7 @@ Pure and clock-free so it can be unit-tested; produce.py supplies the clock.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ def parse_bursts(text: str) -> tuple[Burst, ...]:
             raise ValueError(f"invalid burst {part.strip()!r}: the duration must be > 0")
         bursts.append(Burst(mult, start_s, duration_s))
     bursts.sort(key=lambda b: b.start_s)
-    for a, b in zip(bursts, bursts[1:]):
+    for a, b in itertools.pairwise(bursts):
         if b.start_s < a.end_s:
             raise ValueError(f"bursts overlap: {a.multiplier:g}x@{a.start_s:g}+{a.duration_s:g} "
                              f"and {b.multiplier:g}x@{b.start_s:g}+{b.duration_s:g}")

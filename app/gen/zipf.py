@@ -57,16 +57,19 @@ class ZipfSampler:
         return cls(n, s, h_x1, h_n, threshold)
 
     def _h(self, x: np.ndarray) -> np.ndarray:
-        return np.exp(-self.s * np.log(x))
+        out: np.ndarray = np.exp(-self.s * np.log(x))
+        return out
 
     def _h_integral(self, x: np.ndarray) -> np.ndarray:
         # (x**(1-s) - 1) / (1-s), written so that s == 1 (log x) needs no special case.
         log_x = np.log(x)
-        return _expm1_over_x((1.0 - self.s) * log_x) * log_x
+        out: np.ndarray = _expm1_over_x((1.0 - self.s) * log_x) * log_x
+        return out
 
     def _h_integral_inverse(self, x: np.ndarray) -> np.ndarray:
         t = np.maximum(x * (1.0 - self.s), -1.0)
-        return np.exp(_log1p_over_x(t) * x)
+        out: np.ndarray = np.exp(_log1p_over_x(t) * x)
+        return out
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         """`size` ranks in 1..n as int64. Rejected proposals are redrawn in rounds, so the
@@ -85,4 +88,5 @@ class ZipfSampler:
     def pmf(self, k: np.ndarray) -> np.ndarray:
         """Exact probabilities (O(n); for tests and small n only)."""
         weights = np.arange(1, self.n + 1, dtype=np.float64) ** -self.s
-        return (np.asarray(k, dtype=np.float64) ** -self.s) / weights.sum()
+        out: np.ndarray = (np.asarray(k, dtype=np.float64) ** -self.s) / weights.sum()
+        return out

@@ -73,48 +73,66 @@ def partition_ranges(consumer: Consumer, topic: str, *, deadline_s: float = 30.0
     return ranges
 
 
-def read_partition(consumer: Consumer, topic: str, rng: PartitionRange, *, batch: int = BATCH,
-                   stall_timeout_s: float = 60.0) -> Iterator[list[bytes | None]]:
-    """Record values of one partition in offset order, in batches, from low to high (exclusive)."""
-    if rng.high <= rng.low:
+def read_ranges(consumer: Consumer, topic: str, ranges: list[PartitionRange], *, batch: int = BATCH,
+                poll_timeout_s: float = 0.2, stall_timeout_s: float = 60.0) -> Iterator[tuple[int, list[bytes | None]]]:
+    """(partition, record values) groups, each partition's values in offset order from low to
+    high (exclusive). All partitions are read at once, so no partition waits for another's tail;
+    the truth's state is per partition, so interleaved groups are fine."""
+    pending = {r.partition: r for r in ranges if r.high > r.low}
+    if not pending:
         return
-    consumer.assign([TopicPartition(topic, rng.partition, rng.low)])
+    next_offset = {p: r.low for p, r in pending.items()}
+
+    def done(p: int) -> None:
+        del pending[p]
+        consumer.pause([TopicPartition(topic, p)])  # anything after `high` is not ours to read
+        log.info("verify_partition_read", partition=p, records=next_offset[p] - ranges_by_p[p].low)
+
+    ranges_by_p = dict(pending)
+    consumer.assign([TopicPartition(topic, p, r.low) for p, r in pending.items()])
     try:
         last_progress = time.monotonic()
-        next_offset = rng.low
-        while next_offset < rng.high:
-            msgs = consumer.consume(batch, timeout=1.0)
+        while pending:
+            msgs = consumer.consume(batch, timeout=poll_timeout_s)
             if not msgs:
                 if time.monotonic() - last_progress > stall_timeout_s:
-                    raise RetryableError(f"no records from {topic}[{rng.partition}] for {stall_timeout_s:.0f}s "
-                                         f"at offset {next_offset} (end {rng.high})")
+                    where = ", ".join(f"{topic}[{p}] at {next_offset[p]} of {r.high}" for p, r in pending.items())
+                    raise RetryableError(f"no records for {stall_timeout_s:.0f}s: {where}")
                 continue
             last_progress = time.monotonic()
-            values: list[bytes | None] = []
+            groups: dict[int, list[bytes | None]] = {}
             for m in msgs:
+                p = m.partition()
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        # Reached the log end: whatever sits before `high` and was not
-                        # delivered is control records (transaction markers).
-                        if m.offset() >= rng.high:
-                            next_offset = rng.high
+                        # At the log end: whatever sits before `high` and was never delivered
+                        # is control records (transaction markers).
+                        if p in pending and m.offset() >= pending[p].high:
+                            done(p)
                         continue
                     if err.fatal():
-                        raise FatalError(f"consuming {topic}[{rng.partition}] failed: {err}")
+                        raise FatalError(f"consuming {topic} failed: {err}")
                     # Transport hiccups: librdkafka retries by itself; the stall timeout
                     # above ends the wait if the broker never comes back.
-                    log.warning("kafka_consume_error", partition=rng.partition, error=str(err))
+                    log.warning("kafka_consume_error", partition=p, error=str(err))
+                    continue
+                r = pending.get(p)
+                if r is None:  # already complete (fetched before the pause took effect)
                     continue
                 off = m.offset()
-                if off >= rng.high:  # written after we started: not part of this verification
-                    next_offset = rng.high
-                    break
-                if off < next_offset:  # never expected; a re-delivery must not count twice
+                if off >= r.high:  # written after we started: not part of this verification
+                    done(p)
                     continue
+                if off < next_offset[p]:  # never expected; a re-delivery must not count twice
+                    continue
+                next_offset[p] = off + 1
+                values = groups.get(p)
+                if values is None:
+                    values = groups[p] = []
                 values.append(m.value())
-                next_offset = off + 1
-            if values:
-                yield values
+                if off + 1 >= r.high:
+                    done(p)
+            yield from groups.items()
     finally:
         consumer.unassign()

@@ -1,0 +1,205 @@
+"""`python -m app.verify`: recompute the ground truth from the input log and diff it against
+ClickHouse FINAL and the ledger's DLQ counts (contract §7). Exit 0 only when equal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import structlog
+
+from app.clickhouse.client import connect, is_retryable, raise_fatal_on_bad_url
+from app.clickhouse.schema import TABLE_OF_KIND
+from app.core.config import (
+    ArgumentParser,
+    add_runtime_args,
+    add_service_args,
+    duration_arg,
+    duration_ms_arg,
+    mask_url,
+    non_negative_int_arg,
+    psycopg_conninfo,
+    service_settings,
+)
+from app.core.errors import FatalError, RetryableError, ServiceLocked
+from app.core.logging import configure_logging
+from app.core.metrics import serve_metrics
+from app.core.retry import retry_call
+from app.verify.compare import TableSnapshot, diff, read_clickhouse, read_ledger_dlq, read_ledger_positions
+from app.verify.read_log import open_consumer, partition_ranges, read_ranges
+from app.verify.render import RunInfo, summary_json, summary_lines
+from app.verify.truth import Rules, TruthBuilder
+
+log = structlog.get_logger("verify")
+
+EXIT_EXACT = 0
+EXIT_MISMATCH = 1
+EXIT_USAGE = 2  # bad flags, missing topic or ledger schema, input removed by retention
+EXIT_LOCKED = 3  # the embedded ClickHouse path is held by another process (the sink)
+EXIT_UNAVAILABLE = 4  # could not finish: a service unreachable after retries, or an unexpected error
+
+T = TypeVar("T")
+
+EPILOG = """\
+exit status:
+  0  EXACT: every rollup key and every DLQ count equals the ground truth
+  1  MISMATCH: at least one difference (the summary lists them)
+  2  usage error, missing topic or ledger schema, or input removed by retention
+  3  the embedded ClickHouse path is in use (stop the sink first)
+  4  could not finish: Kafka, Postgres or ClickHouse unreachable after --service-timeout
+     of retries, or an unexpected error (never 1, so a crash is not read as a mismatch)
+"""
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m app.verify",
+        description="Recompute the ground truth from the whole input topic (contract §2-§3) and diff it per "
+                    "key against ClickHouse FINAL and against the ledger's DLQ counts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_service_args(parser)
+    g = parser.add_argument_group("rules (must match the processor's)")
+    g.add_argument("--max-out-of-orderness", type=duration_ms_arg, default=5_000, metavar="DURATION",
+                   help="watermark = max event time - this (e.g. 5s, 500ms; default 5s)")
+    g.add_argument("--allowed-lateness", type=duration_ms_arg, default=60_000, metavar="DURATION",
+                   help="a window accepts events until watermark >= end + this (default 60s)")
+    g.add_argument("--allowed-lateness-minute", type=duration_ms_arg, default=None, metavar="DURATION",
+                   help="allowed lateness of minute windows (default: --allowed-lateness)")
+    g.add_argument("--allowed-lateness-hour", type=duration_ms_arg, default=None, metavar="DURATION",
+                   help="allowed lateness of hour windows (default: --allowed-lateness)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--max-diffs", type=non_negative_int_arg, default=20, metavar="N",
+                   help="how many differing keys to print (default %(default)s)")
+    o.add_argument("--json", action="store_true",
+                   help="also print the summary as one JSON line at the very end")
+    r = parser.add_argument_group("retries")
+    r.add_argument("--service-timeout", type=duration_arg, default=30.0, metavar="DURATION",
+                   help="how long to retry an unreachable Kafka / Postgres / ClickHouse server (default 30s)")
+    add_runtime_args(parser, metrics_port=0)
+    return parser
+
+
+def rules_from_args(args: argparse.Namespace) -> Rules:
+    lateness = args.allowed_lateness
+    return Rules(
+        max_out_of_orderness_ms=args.max_out_of_orderness,
+        allowed_lateness_minute_ms=lateness if args.allowed_lateness_minute is None else args.allowed_lateness_minute,
+        allowed_lateness_hour_ms=lateness if args.allowed_lateness_hour is None else args.allowed_lateness_hour,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    serve_metrics(args.metrics_port, args.metrics_host)
+    try:
+        return _run(args)
+    except ServiceLocked as e:  # before FatalError: it is one
+        _error(str(e))
+        return EXIT_LOCKED
+    except FatalError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    except RetryableError as e:
+        _error(f"gave up after {args.service_timeout:.0f}s of retries: {e}")
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - a crash must not exit 1, which means MISMATCH
+        log.exception("verify_failed")
+        _error(f"unexpected {type(e).__name__}: {e}")
+        return EXIT_UNAVAILABLE
+
+
+def _error(message: str) -> None:
+    sys.stdout.flush()
+    sys.stderr.write(f"verify: error: {message}\n")
+
+
+def _retry(fn: Callable[[], T], what: str, timeout_s: float) -> T:
+    return retry_call(fn, what=what, deadline_s=timeout_s)
+
+
+def _run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    settings = service_settings(args)
+    rules = rules_from_args(args)
+    log.info("verify_start", **settings.masked(), max_out_of_orderness_ms=rules.max_out_of_orderness_ms,
+             allowed_lateness_minute_ms=rules.allowed_lateness_minute_ms,
+             allowed_lateness_hour_ms=rules.allowed_lateness_hour_ms)
+
+    # Open every service first, so a locked path or a dead database fails in seconds rather
+    # than after reading the whole topic.
+    raise_fatal_on_bad_url(settings.clickhouse_url)
+    ch = _retry(lambda: connect(settings.clickhouse_url), "clickhouse_connect", args.service_timeout)
+    # A probe only: the ledger is read after the (long) topic read, on a fresh connection.
+    _retry(lambda: _pg_connect(settings.database_url), "postgres_connect", args.service_timeout).close()
+    consumer = open_consumer(settings.kafka_bootstrap_servers, settings.pipeline_id)
+    try:
+        ranges = partition_ranges(consumer, settings.events_topic, deadline_s=args.service_timeout)
+        end_offsets = {r.partition: r.high for r in ranges}
+        log.info("verify_reading", topic=settings.events_topic, partitions=len(ranges),
+                 records=sum(r.records for r in ranges))
+
+        read_started = time.monotonic()
+        builder = TruthBuilder(rules)
+        for r in ranges:
+            builder.touch(r.partition)
+        for partition, values in read_ranges(consumer, settings.events_topic, ranges):
+            builder.feed(partition, values)
+        truth = builder.build()
+        read_s = time.monotonic() - read_started
+    finally:
+        consumer.close()
+
+    snapshots = {kind: _retry(lambda t=table: _read_table(ch, t), f"clickhouse_read_{table}",
+                              args.service_timeout)
+                 for kind, table in TABLE_OF_KIND.items()}
+    ch.close()
+    with _retry(lambda: _pg_connect(settings.database_url), "postgres_connect", args.service_timeout) as pg:
+        ledger_dlq = _ledger(lambda: read_ledger_dlq(pg, settings.pipeline_id, settings.events_topic))
+        positions = _ledger(lambda: read_ledger_positions(pg, settings.pipeline_id, settings.events_topic))
+
+    report = diff(truth, snapshots, ledger_dlq, args.max_diffs)
+    info = RunInfo(topic=settings.events_topic, pipeline_id=settings.pipeline_id,
+                   clickhouse=mask_url(settings.clickhouse_url), ledger_positions=positions,
+                   end_offsets=end_offsets, elapsed_s=time.monotonic() - started, read_s=read_s)
+    print("\n".join(summary_lines(truth, report, info, args.max_diffs)), flush=True)
+    if args.json:
+        print(summary_json(truth, report, info), flush=True)
+    log.info("verify_done", exact=report.exact, mismatches=report.mismatches()[:10],
+             records=truth.records, seconds=round(info.elapsed_s, 2))
+    return EXIT_EXACT if report.exact else EXIT_MISMATCH
+
+
+def _read_table(client: Any, table: str) -> TableSnapshot:
+    try:
+        return read_clickhouse(client, table)
+    except Exception as e:
+        if is_retryable(e):
+            raise RetryableError(f"reading {table} failed: {e}") from e
+        raise
+
+
+def _pg_connect(url: str) -> psycopg.Connection[Any]:
+    try:
+        # autocommit: verify only reads, and must not hold a transaction open while it works.
+        return psycopg.connect(psycopg_conninfo(url), connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as e:
+        raise RetryableError(f"Postgres unreachable at {mask_url(url)}: {e}") from e
+
+
+def _ledger(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except psycopg.errors.UndefinedTable as e:
+        raise FatalError(f"the ledger schema is missing ({e.diag.message_primary}): run `alembic upgrade head`") from e
+    except psycopg.OperationalError as e:
+        raise RetryableError(f"Postgres query failed: {e}") from e
