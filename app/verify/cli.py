@@ -32,7 +32,7 @@ from app.core.retry import retry_call
 from app.verify.compare import TableSnapshot, diff, read_clickhouse, read_ledger_dlq, read_ledger_positions
 from app.verify.read_log import open_consumer, partition_ranges, read_ranges
 from app.verify.render import RunInfo, summary_json, summary_lines
-from app.verify.truth import Rules, TruthBuilder
+from app.verify.truth import Rules, TruthBuilder, gc_paused
 
 log = structlog.get_logger("verify")
 
@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     serve_metrics(args.metrics_port, args.metrics_host)
     try:
-        return _run(args)
+        with gc_paused():  # see gc_paused: the whole run builds big acyclic dicts (truth, FINAL)
+            return _run(args)
     except ServiceLocked as e:  # before FatalError: it is one
         _error(str(e))
         return EXIT_LOCKED
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
-    except Exception as e:  # noqa: BLE001 - a crash must not exit 1, which means MISMATCH
+    except Exception as e:  # a crash must not exit 1, which means MISMATCH
         log.exception("verify_failed")
         _error(f"unexpected {type(e).__name__}: {e}")
         return EXIT_UNAVAILABLE
@@ -152,7 +153,8 @@ def _run(args: argparse.Namespace) -> int:
         builder = TruthBuilder(rules)
         for r in ranges:
             builder.touch(r.partition)
-        for partition, values in read_ranges(consumer, settings.events_topic, ranges):
+        stall_s = max(args.service_timeout, 10.0)
+        for partition, values in read_ranges(consumer, settings.events_topic, ranges, stall_timeout_s=stall_s):
             builder.feed(partition, values)
         truth = builder.build()
         read_s = time.monotonic() - read_started
@@ -182,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
 def _read_table(client: Any, table: str) -> TableSnapshot:
     try:
         return read_clickhouse(client, table)
-    except Exception as e:
+    except Exception as e:  # the driver raises several types; is_retryable sorts them
         if is_retryable(e):
             raise RetryableError(f"reading {table} failed: {e}") from e
         raise
@@ -200,6 +202,7 @@ def _ledger(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except psycopg.errors.UndefinedTable as e:
-        raise FatalError(f"the ledger schema is missing ({e.diag.message_primary}): run `alembic upgrade head`") from e
+        raise FatalError(f"the ledger schema is missing ({e.diag.message_primary}): "
+                         "run `alembic upgrade head`") from e
     except psycopg.OperationalError as e:
         raise RetryableError(f"Postgres query failed: {e}") from e

@@ -1,8 +1,8 @@
-"""Read the input topic partition by partition, from the first offset to the end seen at start.
+"""Read the whole input topic, from offset 0 to the end offsets seen at start.
 
 Manual assign() only: verify never joins the pipeline's consumer group and never commits,
-so it cannot disturb the processor. Records are handed out in offset order per partition
-in large batches, so the truth can be computed without holding the log in memory.
+so it cannot disturb the processor. Records are handed out in large per-partition groups,
+each partition in offset order, so the truth is computed without holding the log in memory.
 """
 
 from __future__ import annotations
@@ -35,9 +35,14 @@ class PartitionRange:
 
 
 def open_consumer(bootstrap: str, pipeline_id: str) -> Consumer:
-    # EOF events tell us a partition is drained even when its last offsets are transaction
-    # control records, which are never delivered as messages.
-    return Consumer(consumer_config(bootstrap, f"{pipeline_id}-verify", **{"enable.partition.eof": True}))
+    return Consumer(consumer_config(
+        bootstrap, f"{pipeline_id}-verify",
+        # EOF events tell us a partition is drained even when its last offsets are
+        # transaction control records, which are never delivered as messages.
+        **{"enable.partition.eof": True,
+           # The truth's dicts are the memory that matters; 32 MB of prefetch keeps up.
+           "queued.max.messages.kbytes": 32 * 1024},
+    ))
 
 
 def topic_partitions(consumer: Consumer, topic: str, *, timeout_s: float = 10.0) -> list[int]:
@@ -74,7 +79,8 @@ def partition_ranges(consumer: Consumer, topic: str, *, deadline_s: float = 30.0
 
 
 def read_ranges(consumer: Consumer, topic: str, ranges: list[PartitionRange], *, batch: int = BATCH,
-                poll_timeout_s: float = 0.2, stall_timeout_s: float = 60.0) -> Iterator[tuple[int, list[bytes | None]]]:
+                poll_timeout_s: float = 0.2, stall_timeout_s: float = 60.0,
+                ) -> Iterator[tuple[int, list[bytes | None]]]:
     """(partition, record values) groups, each partition's values in offset order from low to
     high (exclusive). All partitions are read at once, so no partition waits for another's tail;
     the truth's state is per partition, so interleaved groups are fine."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from app.verify.compare import KeyDiff, Report
@@ -26,12 +26,12 @@ class RunInfo:
 def _iso(ms: int | None) -> str:
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
 def _key_text(table: str, d: KeyDiff) -> str:
     ws, account, country = d.key
-    when = datetime.fromtimestamp(ws, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = datetime.fromtimestamp(ws, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     fmt = (lambda v: "-" if v is None else f"count={v[0]} sum={v[1]}")
     return (f"  {table} {when} account={account} country={country}: {d.what}; "
             f"truth {fmt(d.truth)}, clickhouse {fmt(d.clickhouse)}")
@@ -47,10 +47,10 @@ def summary_lines(truth: Truth, report: Report, info: RunInfo, max_diffs: int) -
     r = truth.rules
     lines = [
         f"verify: topic {info.topic}, pipeline {info.pipeline_id}, clickhouse {info.clickhouse}",
-        f"rules: max-out-of-orderness {r.max_out_of_orderness_ms} ms, allowed lateness "
-        f"minute {r.allowed_lateness_minute_ms} ms, hour {r.allowed_lateness_hour_ms} ms",
-        f"{'partition':>9} {'records':>12} {'valid':>12} {'invalid':>9} {'late_min':>9} {'late_hour':>9}"
-        f"  {'watermark':<23} {'ledger_next/end':>21}",
+        (f"rules: max-out-of-orderness {r.max_out_of_orderness_ms} ms, allowed lateness "
+         f"minute {r.allowed_lateness_minute_ms} ms, hour {r.allowed_lateness_hour_ms} ms"),
+        (f"{'partition':>9} {'records':>12} {'valid':>12} {'invalid':>9} {'late_min':>9} {'late_hour':>9}"
+         f"  {'watermark':<23} {'ledger_next/end':>21}"),
     ]
     for p, s in truth.partitions.items():
         end = info.end_offsets.get(p, s.records)

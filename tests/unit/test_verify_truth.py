@@ -181,6 +181,26 @@ def test_event_id_is_a_short_string_or_an_integer(event_id: object, valid: bool)
         assert parsed is not None and parsed.event_id == event_id
 
 
+def test_integers_of_any_length_are_integers() -> None:
+    # int() refuses > 4300 digits by default; a JSON integer has no such limit.
+    huge = "9" * 5_000
+    body = raw().decode()[:-1]
+    assert parse_event((body + f', "x": {huge}}}').encode()) is not None  # ignored extra field
+    parsed = parse_event(raw(event_id=0).decode().replace('"event_id": 0', f'"event_id": -{huge}').encode())
+    assert parsed is not None and parsed.event_id == -(10**5_000 - 1)
+    for field in ("account_id", "event_time", "amount"):
+        assert parse_event(raw(**{field: 0}).decode().replace(f'"{field}": 0', f'"{field}": {huge}').encode()) is None
+    assert parse_event(raw(amount=0).decode().replace('"amount": 0', f'"amount": -{huge}').encode()) is None
+    import sys
+    assert sys.get_int_max_str_digits() == 4300  # the guard is restored
+
+
+def test_deep_nesting_is_invalid_not_a_crash() -> None:
+    body = raw().decode()[:-1]
+    assert parse_event((body + ', "x": ' + "[" * 50 + "]" * 50 + "}").encode()) is not None
+    assert parse_event((body + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}").encode()) is None
+
+
 def test_extra_fields_are_ignored() -> None:
     value = raw(extra="x", nested={"a": [1, 2.5, None, True]}, big=2**80, f=1.5, n=None)
     assert parse_event(value) == parse_event(raw())
