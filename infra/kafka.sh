@@ -94,6 +94,10 @@ start_node() {  # i cluster_id
   mkdir -p "$dir"
   if pid_alive "$dir/pid"; then return 0; fi
   if port_open "$(client_port "$i")"; then
+    if kafka_answers "$(client_port "$i")"; then
+      echo "kafka: 127.0.0.1:$(client_port "$i") already serves Kafka (another checkout's stack?); using it"
+      return 0
+    fi
     echo "kafka: port $(client_port "$i") is taken by another process; not starting node $i" >&2; exit 1
   fi
   write_config "$i" "$BROKERS" "$dir"
@@ -139,6 +143,14 @@ bootstrap() {
   local s="" i
   for i in $(seq 1 "$(cat "$DATA/brokers" 2>/dev/null || echo "$BROKERS")"); do s+="${s:+,}127.0.0.1:$(client_port "$i")"; done
   echo "$s"
+}
+
+kafka_answers() {  # port: does a Kafka broker answer metadata requests there?
+  python3 - "127.0.0.1:$1" <<'PY' 2>/dev/null
+import sys
+from confluent_kafka.admin import AdminClient
+sys.exit(0 if AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=5).brokers else 1)
+PY
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
