@@ -136,4 +136,9 @@ def pipeline(kafka: str, postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
         for table in LEDGER_TABLES:
             conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed names)
     from confluent_kafka.admin import AdminClient
-    AdminClient({"bootstrap.servers": kafka}).delete_topics([p.topic, p.dlq_topic])
+    admin = AdminClient({"bootstrap.servers": kafka, "log_level": 0})
+    existing = admin.list_topics(timeout=10).topics
+    doomed = [t for t in (p.topic, p.dlq_topic) if t in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed).values():  # keep the client until they complete
+            future.result(timeout=30)

@@ -40,10 +40,18 @@ def decode_event(value: bytes | None) -> Event:
     """Return the event or raise InvalidEvent with the reason."""
     if value is None:
         raise InvalidEvent("null value")
+    if not value.isascii():
+        # msgspec does not check UTF-8 inside fields it skips; the contract wants UTF-8 text.
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidEvent(f"not UTF-8: {e}") from None
     try:
         ev = _decoder.decode(value)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise InvalidEvent(str(e)) from None
+    except RecursionError:
+        raise InvalidEvent("JSON nested too deeply") from None
     if ev.account_id >= _UINT64_END:
         raise InvalidEvent("account_id out of range [0, 2^64)")
     if not _INT64_MIN <= ev.amount < _INT64_END:

@@ -95,7 +95,11 @@ def read_ranges(consumer: Consumer, topic: str, ranges: list[PartitionRange], *,
         log.info("verify_partition_read", partition=p, records=next_offset[p] - ranges_by_p[p].low)
 
     ranges_by_p = dict(pending)
-    consumer.assign([TopicPartition(topic, p, r.low) for p, r in pending.items()])
+    assignment = [TopicPartition(topic, p, r.low) for p, r in pending.items()]
+    consumer.assign(assignment)
+    # librdkafka keeps a partition's pause flag across assignments: clear any left by an
+    # earlier call on this consumer.
+    consumer.resume(assignment)
     try:
         last_progress = time.monotonic()
         while pending:
@@ -141,4 +145,5 @@ def read_ranges(consumer: Consumer, topic: str, ranges: list[PartitionRange], *,
                     done(p)
             yield from groups.items()
     finally:
+        consumer.resume(assignment)
         consumer.unassign()

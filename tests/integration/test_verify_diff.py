@@ -2,7 +2,8 @@
 
 Hand-made records go to a uuid topic; matching rollup rows go into a tmp_path chDB and
 matching DLQ counts into the ledger under a unique pipeline_id. verify must say EXACT,
-then MISMATCH (exit 1) after one row or one count changes. Skips when the services are down.
+then MISMATCH (exit 1) after one row or one count changes. The service fixtures of
+tests/conftest.py skip these tests when Kafka or Postgres is down (and fail them in CI).
 The pure diff tests at the bottom need no services.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,32 +31,9 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5
 T0 = 1_764_115_200_000  # 2025-11-26T00:00:00Z
 
 
-def _reachable(hostport: str) -> bool:
-    host, _, port = hostport.split(",")[0].rpartition(":")
-    try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _pg_ok() -> bool:
-    try:
-        import psycopg
-
-        from app.core.config import psycopg_conninfo
-
-        with psycopg.connect(psycopg_conninfo(DATABASE_URL), connect_timeout=2) as c:
-            c.execute("SELECT 1 FROM dlq_count LIMIT 1")
-        return True
-    except Exception:  # noqa: BLE001 - any failure means: not set up here
-        return False
-
-
-services = pytest.mark.skipif(
-    not (_reachable(BOOTSTRAP) and _reachable(DATABASE_URL.rsplit("@", 1)[-1].split("/")[0]) and _pg_ok()),
-    reason="Kafka or the Postgres ledger (alembic upgrade head) is not reachable",
-)
+@pytest.fixture
+def services(kafka: str, postgres: str) -> None:
+    """Kafka and the Postgres ledger (tests/conftest.py: skip locally, fail in CI when down)."""
 
 
 # ---- hand-made input -----------------------------------------------------------------------
@@ -136,7 +113,7 @@ def run_verify(topic: str, pipeline_id: str, ch_url: str, *extra: str) -> subpro
 
 
 @pytest.fixture
-def topic() -> Iterator[str]:
+def topic(kafka: str) -> Iterator[str]:
     from confluent_kafka import Producer
 
     from app.core.kafka import admin, ensure_topic, producer_config
@@ -155,7 +132,7 @@ def topic() -> Iterator[str]:
 
 
 @pytest.fixture
-def ledger() -> Iterator[tuple[str, object]]:
+def ledger(postgres: str) -> Iterator[tuple[str, object]]:
     import psycopg
 
     from app.core.config import psycopg_conninfo
@@ -187,7 +164,7 @@ def insert_dlq(conn: object, pipeline_id: str, topic: str, truth: Truth) -> None
 # ---- end to end -------------------------------------------------------------------------------
 
 
-@services
+@pytest.mark.usefixtures("services")
 def test_exact_then_mismatch(topic: str, ledger: tuple[str, object], tmp_path: Path) -> None:
     pipeline_id, conn = ledger
     truth = expected_truth()
@@ -232,7 +209,7 @@ def test_exact_then_mismatch(topic: str, ledger: tuple[str, object], tmp_path: P
     assert "rollup_hour: 1 extra" in done.stdout.splitlines()[-2]
 
 
-@services
+@pytest.mark.usefixtures("services")
 def test_empty_clickhouse_reports_every_key_missing(topic: str, ledger: tuple[str, object], tmp_path: Path) -> None:
     pipeline_id, conn = ledger
     truth = expected_truth()
@@ -244,7 +221,7 @@ def test_empty_clickhouse_reports_every_key_missing(topic: str, ledger: tuple[st
     assert "(table does not exist)" in done.stdout
 
 
-@services
+@pytest.mark.usefixtures("services")
 def test_locked_clickhouse_path_exits_3(topic: str, ledger: tuple[str, object], tmp_path: Path) -> None:
     pipeline_id, _ = ledger
     ch_url = f"chdb://{tmp_path / 'held'}"
@@ -259,7 +236,7 @@ def test_locked_clickhouse_path_exits_3(topic: str, ledger: tuple[str, object], 
         holder.wait()
 
 
-@services
+@pytest.mark.usefixtures("services")
 def test_retention_gap_exits_2(topic: str, ledger: tuple[str, object], tmp_path: Path) -> None:
     from confluent_kafka import TopicPartition
 
@@ -274,7 +251,7 @@ def test_retention_gap_exits_2(topic: str, ledger: tuple[str, object], tmp_path:
     assert "retention removed input" in done.stderr and "[1]" in done.stderr
 
 
-@services
+@pytest.mark.usefixtures("services")
 def test_unreachable_kafka_gives_up_clearly(ledger: tuple[str, object], tmp_path: Path) -> None:
     pipeline_id, _ = ledger
     started = time.monotonic()
@@ -287,14 +264,14 @@ def test_unreachable_kafka_gives_up_clearly(ledger: tuple[str, object], tmp_path
     assert time.monotonic() - started < 60
 
 
-@services
+@pytest.mark.usefixtures("services")
 def test_missing_topic_exits_2(ledger: tuple[str, object], tmp_path: Path) -> None:
     pipeline_id, _ = ledger
     done = run_verify(f"verify-missing-{uuid.uuid4().hex[:8]}", pipeline_id, f"chdb://{tmp_path / 'ch'}")
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 
-@services
+@pytest.mark.usefixtures("services")
 def test_read_partition_returns_the_log_in_order(topic: str) -> None:
     from app.verify.read_log import open_consumer, partition_ranges, read_ranges
 
