@@ -43,3 +43,36 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose /metrics; port 0 disables it. Binds to loopback unless told otherwise."""
     if port:
         start_http_server(port, addr=host)
+
+
+# backfill
+BACKFILL_RECORDS = Counter("pipeline_backfill_records_total", "Input records replayed by backfill")
+BACKFILL_ROWS = Counter("pipeline_backfill_rows_total", "Window rows committed by backfill as sink batches",
+                        ["table"])
+BACKFILL_DELETED_KEYS = Counter("pipeline_backfill_deleted_keys_total",
+                                "Keys deleted from ClickHouse by backfill (present there, absent from the truth)")
+BACKFILL_RUNS = Counter("pipeline_backfill_runs_total", "Backfill runs landed")
+
+
+# coalesced sink inserts, insert faults and backpressure (issue 4)
+SINK_GROUPS = Counter("pipeline_sink_groups_total", "Coalesced inserts acknowledged, by why the group closed",
+                      ["table", "reason"])
+SINK_GROUP_BATCHES = Histogram("pipeline_sink_group_batches", "Ledger batches per coalesced insert", ["table"],
+                               buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+SINK_INJECTED_FAULTS = Counter("pipeline_sink_injected_faults_total", "Insert faults injected by --fail-insert-*",
+                               ["mode"])
+SINK_LAG_SECONDS = Gauge("pipeline_sink_lag_seconds", "Age of the oldest ledger batch not yet in ClickHouse")
+PENDING_BYTES = Gauge("pipeline_pending_bytes", "Payload bytes of ledger batches not yet acknowledged by ClickHouse")
+BACKPRESSURE_PAUSES = Counter("pipeline_backpressure_pauses_total", "Times the processor paused its partitions")
+
+
+# processor state and ownership (issue 3)
+OWNED_PARTITIONS = Gauge("pipeline_owned_partitions", "Input partitions this processor instance owns")
+STATE_RESTORES = Counter("pipeline_state_restores_total",
+                         "Partition states restored on assignment: reused (local LevelDB matched the ledger) "
+                         "or rebuilt (from the ledger's snapshot and later batches)", ["mode"])
+STATE_RESTORE_SECONDS = Histogram("pipeline_state_restore_seconds", "Claim + reconcile + restore of one partition",
+                                  ["mode"], buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+SNAPSHOTS = Counter("pipeline_snapshots_total", "Chunked window snapshots published to the ledger")
+PARTITIONS_FENCED = Counter("pipeline_partitions_fenced_total",
+                            "Partitions dropped because a newer owner generation fenced our checkpoint")

@@ -1,0 +1,159 @@
+"""`python -m app.backfill`: recompute a window range or an offset range from Kafka and land
+it with a newer version through the ledger and the sink (contract §7, docs/backfill.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from app.backfill.render import summary_json, summary_lines
+from app.backfill.request import BackfillRequest, OffsetRange
+from app.backfill.run import Backfill, BackfillConfig, Stopped
+from app.core.config import (
+    ArgumentParser,
+    add_runtime_args,
+    add_service_args,
+    duration_arg,
+    duration_ms_arg,
+    non_negative_int_arg,
+    positive_int_arg,
+    service_settings,
+    time_ms_arg,
+)
+from app.core.errors import FatalError, PipelineError, RetryableError, ServiceLocked
+from app.core.logging import configure_logging
+from app.core.metrics import serve_metrics
+from app.processor.windows import LatenessPolicy
+
+log = structlog.get_logger("backfill")
+
+EXIT_OK = 0
+EXIT_FAILED = 1       # an invariant broke or an unexpected error: nothing half-done is visible
+EXIT_USAGE = 2        # bad flags, rules that differ from the live run, input removed by retention
+EXIT_LOCKED = 3       # --require-clickhouse and the embedded path is held (by the sink)
+EXIT_UNAVAILABLE = 4  # a service unreachable after --service-timeout of retries
+EXIT_STOPPED = 130    # SIGTERM / SIGINT: rerun the same command to resume
+
+EPILOG = """\
+windows: a window is in --from-time/--to-time when its start is in [from, to). With
+--partition/--from-offset the windows are those the records of that offset range were
+folded into (each recomputed in full). Only windows final in every partition (watermark
+>= end + allowed lateness) are recomputed; windows still open live are skipped and listed.
+
+exit status:
+  0  landed (or dry run / nothing to land)
+  1  failed: an invariant broke or an unexpected error
+  2  usage error, rules that differ from the live processor's, or input removed by retention
+  3  --require-clickhouse and the embedded ClickHouse path is in use (by the sink)
+  4  Kafka, Postgres or ClickHouse unreachable after --service-timeout of retries
+  130 stopped by SIGTERM/SIGINT: run the same command again to resume
+"""
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="python -m app.backfill",
+        description="Recompute historical windows from the input topic with the live processor's watermark and "
+                    "lateness rules, and land them through the ledger and the sink with a version newer than "
+                    "any live one. A SIGKILLed run resumes when run again with the same flags.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_service_args(p)
+    r = p.add_argument_group("range")
+    r.add_argument("--from-time", type=time_ms_arg, metavar="TIME",
+                   help="first window start to recompute: ISO 8601 UTC (2025-11-20T01:00:00Z) or epoch ms")
+    r.add_argument("--to-time", type=time_ms_arg, metavar="TIME",
+                   help="window starts before this (exclusive), same formats")
+    r.add_argument("--partition", type=non_negative_int_arg,
+                   help="input partition of --from-offset/--to-offset")
+    r.add_argument("--from-offset", type=non_negative_int_arg, metavar="OFFSET",
+                   help="first record of the offset range (needs --partition)")
+    r.add_argument("--to-offset", type=positive_int_arg, metavar="OFFSET",
+                   help="end of the offset range, exclusive (default: where the live processor stands)")
+    w = p.add_argument_group("rules (must be the processor's; checked against the ledger)")
+    w.add_argument("--max-out-of-orderness", type=duration_ms_arg, default=5_000, metavar="DURATION",
+                   help="watermark = max event time seen in the partition minus this (default 5s)")
+    w.add_argument("--allowed-lateness", type=duration_ms_arg, default=60_000, metavar="DURATION",
+                   help="events for a window ending at or before watermark - this are late (default 60s)")
+    w.add_argument("--allowed-lateness-minute", type=duration_ms_arg, default=None, metavar="DURATION",
+                   help="override --allowed-lateness for minute windows")
+    w.add_argument("--allowed-lateness-hour", type=duration_ms_arg, default=None, metavar="DURATION",
+                   help="override --allowed-lateness for hour windows")
+    o = p.add_argument_group("behaviour")
+    o.add_argument("--dry-run", action="store_true",
+                   help="recompute and print what would change (windows, rows, differences from ClickHouse); "
+                        "write nothing")
+    o.add_argument("--require-clickhouse", action="store_true",
+                   help="fail (exit 3) instead of landing without reading ClickHouse when the embedded path is "
+                        "held by the sink")
+    o.add_argument("--batch-rows", type=positive_int_arg, default=200_000,
+                   help="window rows per sink batch (default %(default)s)")
+    o.add_argument("--max-diffs", type=non_negative_int_arg, default=10, metavar="N",
+                   help="differing keys to print per table (default %(default)s)")
+    o.add_argument("--json", action="store_true", help="also print the summary as one JSON line at the end")
+    o.add_argument("--service-timeout", type=duration_arg, default=30.0, metavar="DURATION",
+                   help="how long to retry an unreachable Kafka / Postgres / ClickHouse (default 30s)")
+    add_runtime_args(p, metrics_port=0)
+    return p
+
+
+def request_from_args(p: ArgumentParser, args: argparse.Namespace) -> BackfillRequest:
+    policy = LatenessPolicy(
+        max_out_of_orderness_ms=args.max_out_of_orderness,
+        allowed_lateness_minute_ms=(args.allowed_lateness if args.allowed_lateness_minute is None
+                                    else args.allowed_lateness_minute),
+        allowed_lateness_hour_ms=(args.allowed_lateness if args.allowed_lateness_hour is None
+                                  else args.allowed_lateness_hour))
+    offsets = None
+    if args.from_offset is not None or args.to_offset is not None or args.partition is not None:
+        if args.partition is None or args.from_offset is None:
+            p.error("an offset range needs --partition and --from-offset (--to-offset is optional)")
+        offsets = OffsetRange(args.partition, args.from_offset, args.to_offset)
+    try:
+        return BackfillRequest(policy, args.from_time, args.to_time, offsets)
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    request = request_from_args(parser, args)
+    configure_logging(args.log_level)
+    cfg = BackfillConfig(services=service_settings(args), request=request, dry_run=args.dry_run,
+                         require_clickhouse=args.require_clickhouse, batch_rows=args.batch_rows,
+                         service_timeout_s=args.service_timeout, max_examples=args.max_diffs)
+    try:
+        serve_metrics(args.metrics_port, args.metrics_host)
+        outcome = Backfill(cfg).run()
+    except ServiceLocked as e:  # before FatalError: it is one
+        return _error(str(e), EXIT_LOCKED)
+    except FatalError as e:
+        return _error(str(e), EXIT_USAGE)
+    except RetryableError as e:
+        return _error(f"gave up after {args.service_timeout:.0f}s of retries: {e}", EXIT_UNAVAILABLE)
+    except Stopped as e:
+        return _error(str(e), EXIT_STOPPED)
+    except PipelineError as e:
+        return _error(f"{type(e).__name__}: {e}", EXIT_FAILED)
+    except Exception as e:  # logged with its traceback; the run resumes when started again
+        log.exception("backfill_failed")
+        return _error(f"unexpected {type(e).__name__}: {e}", EXIT_FAILED)
+    print("\n".join(summary_lines(outcome)), flush=True)
+    if args.json:
+        print(summary_json(outcome), flush=True)
+    log.info("backfill_done", dry_run=outcome.dry_run, windows=outcome.windows,
+             version=None if outcome.run is None else outcome.run.checkpoint_id, seconds=round(outcome.elapsed_s, 2))
+    return EXIT_OK
+
+
+def _error(message: str, code: int) -> int:
+    sys.stdout.flush()
+    sys.stderr.write(f"backfill: error: {message}\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The backfill, start to end (docs/backfill.md). Every step is safe to repeat:
+
+1. find the latest run of this request: an unfinished one is resumed with its pin and
+   version, otherwise the ledger positions are pinned now (read_pin);
+2. refuse rules that disagree with the live run (watermark = max - max_out_of_orderness);
+3. resolve the request against the pin: settled window slots, partitions to replay;
+4. refuse when retention removed part of a partition's prefix;
+5. replay each partition from offset 0 to its pinned position with the live rules;
+6. prove the classification matched: watermark and DLQ counts equal the ledger's at the pin;
+7. read ClickHouse in the range when it can be opened (diff, keys to delete, versions);
+   `--dry-run` stops here and prints what would change;
+8. start the run: allocate the version (a backfill checkpoint), above anything stored;
+9. delete keys ClickHouse holds in the range that the truth does not (version-guarded);
+10. commit the windows as sink batches at that version, deterministic ids, chunk by chunk;
+11. mark the run landed. The sink delivers the batches like any other.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from app.backfill.clickhouse import StoredRange, delete_keys, open_clickhouse, read_range
+from app.backfill.compare import TableDiff, diff_table
+from app.backfill.read_log import check_retention, open_consumer, read_prefixes, topic_partitions
+from app.backfill.recompute import PartitionReplay
+from app.backfill.request import BackfillRequest, Selection, iso, select
+from app.core import metrics
+from app.core.config import ServiceSettings
+from app.core.errors import FatalError, ServiceLocked
+from app.core.faults import crash_point
+from app.core.retry import retry_call
+from app.ledger import backfill as ledger_backfill
+from app.ledger.backfill import BackfillRun, Pin
+from app.ledger.ledger import Ledger
+from app.ledger.rows import WindowRow, rows_to_table
+from app.processor.windows import KINDS, WindowKind
+
+log = structlog.get_logger("backfill")
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillConfig:
+    services: ServiceSettings
+    request: BackfillRequest
+    dry_run: bool = False
+    require_clickhouse: bool = False
+    batch_rows: int = 200_000
+    service_timeout_s: float = 30.0
+    max_examples: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened (or, in a dry run, would happen): rendered by app/backfill/render.py."""
+
+    request: BackfillRequest
+    dry_run: bool
+    pin: Pin
+    selection: Selection
+    records: int
+    replay_s: float
+    tables: tuple[TableDiff, ...]
+    clickhouse_note: str | None          # why ClickHouse was not read; None when it was
+    run: BackfillRun | None = None       # None: dry run, or nothing to land
+    resumed: bool = False
+    batches_new: int = 0
+    batches_existing: int = 0
+    deleted_keys: int | None = None
+    pending_run: BackfillRun | None = None   # dry run: the unfinished run a real run would resume
+    live_max_version: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def windows(self) -> int:
+        return sum(t.windows for t in self.tables)
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT between steps; a rerun of the same command resumes."""
+
+
+@dataclass
+class Backfill:
+    cfg: BackfillConfig
+    stopping: bool = False
+    _started: float = field(default_factory=time.monotonic)
+
+    def run(self) -> Outcome:
+        self._handle_signals()
+        s = self.cfg.services
+        ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
+        try:
+            return self._run(ledger)
+        finally:
+            ledger.close()
+
+    def _handle_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, *_: Any) -> None:
+        log.info("backfill_stopping")
+        self.stopping = True
+
+    def _check_stop(self) -> None:
+        if self.stopping:
+            raise Stopped("stopped by signal; rerun the same command to resume")
+
+    def _retry(self, fn: Any, what: str) -> Any:
+        return retry_call(fn, what=what, deadline_s=self.cfg.service_timeout_s, should_stop=lambda: self.stopping)
+
+    def _recompute(self, ledger: Ledger) -> tuple[BackfillRun | None, Pin, Selection, dict[int, PartitionReplay],
+                                                   float]:
+        """Steps 1-6: (unfinished run, pin, selection, replays, replay seconds)."""
+        cfg, request, s = self.cfg, self.cfg.request, self.cfg.services
+        # 1. resume an unfinished run of this request, or pin the ledger now
+        latest = self._retry(lambda: ledger_backfill.latest_run(ledger, request.key), "postgres_backfill_run")
+        unfinished = latest if latest is not None and not latest.landed else None
+        resume = unfinished is not None and not cfg.dry_run
+        pin: Pin = unfinished.pin if unfinished is not None else self._retry(
+            lambda: ledger_backfill.read_pin(ledger), "postgres_read_pin")
+        log.info("backfill_start", request=request.key, dry_run=cfg.dry_run, resume=resume,
+                 run_no=None if unfinished is None else unfinished.run_no, **s.masked())
+        # 2. the watermark rule must be the live run's
+        check_out_of_orderness(pin, request)
+        # 3. + 4. resolve the request; the input must still hold every prefix
+        consumer = open_consumer(s.kafka_bootstrap_servers, s.pipeline_id)
+        try:
+            partitions = topic_partitions(consumer, s.events_topic, deadline_s=cfg.service_timeout_s)
+            selection = select(request, pin, partitions)
+            check_retention(consumer, s.events_topic, selection.replay_to, deadline_s=cfg.service_timeout_s)
+            # 5. replay
+            t0 = time.monotonic()
+            replays = {p: PartitionReplay(p, selection) for p in selection.replay_to}
+            for p, records in read_prefixes(consumer, s.events_topic, selection.replay_to,
+                                            stall_timeout_s=max(cfg.service_timeout_s, 10.0),
+                                            should_stop=lambda: self.stopping):
+                replays[p].feed(records)
+            replay_s = time.monotonic() - t0
+        except InterruptedError:
+            raise Stopped("stopped by signal while reading the input; nothing was written") from None
+        finally:
+            consumer.close()
+        records = sum(r.records for r in replays.values())
+        metrics.BACKFILL_RECORDS.inc(records)
+        log.info("backfill_replayed", partitions=len(replays), records=records, seconds=round(replay_s, 3))
+        # 6. same classification as the live run
+        check_classification(replays, pin, request)
+        return unfinished, pin, selection, replays, replay_s
+
+    def _run(self, ledger: Ledger) -> Outcome:
+        cfg, request = self.cfg, self.cfg.request
+        unfinished, pin, selection, replays, replay_s = self._recompute(ledger)
+        resume = unfinished is not None and not cfg.dry_run
+        records = sum(r.records for r in replays.values())
+        truth = rows_by_table(replays)
+        # 7. ClickHouse in the range, when it can be opened
+        self._check_stop()
+        client, note = self._open_clickhouse()
+        try:
+            stored = self._read_stored(client, selection, truth) if client is not None else {}
+            extras = request.offsets is None
+            diffs = tuple(diff_table(k.table, truth[k.table],
+                                     None if client is None else stored.get(k.table, StoredRange(k.table, 0, 0, {}, 0)),
+                                     extras=extras, max_examples=cfg.max_examples) for k in KINDS)
+            live_max = self._retry(lambda: ledger_backfill.max_live_checkpoint(ledger), "postgres_max_checkpoint")
+            outcome = Outcome(request, cfg.dry_run, pin, selection, records, replay_s, diffs, note,
+                              live_max_version=live_max)
+            if cfg.dry_run:
+                return self._finish(outcome, pending_run=unfinished)
+            nothing = not any(t.windows or t.extra for t in diffs)
+            if nothing and unfinished is None:
+                log.info("backfill_nothing_to_land", request=request.key)
+                return self._finish(outcome)
+            self._check_stop()
+            # 8. the version: a fresh checkpoint, above every version stored in the range
+            if unfinished is not None:
+                run = unfinished
+                foreign = max((t.max_version for t in diffs), default=0)
+                if foreign > run.checkpoint_id:
+                    log.warning("backfill_foreign_version_above_run", version=foreign, run_version=run.checkpoint_id,
+                                hint="rows written outside the ledger after this run started win over it; "
+                                     "run the request again once this run has landed")
+            else:
+                above = max((t.max_version for t in diffs), default=0)
+                run = self._retry(lambda: ledger_backfill.start_run(ledger, request.key, pin, records=records,
+                                                                    above_version=above), "postgres_start_run")
+            log.info("backfill_run", run_no=run.run_no, version=run.checkpoint_id, resumed=resume)
+            crash_point("backfill.after_start")
+            # 9. keys that ClickHouse holds and the truth does not
+            deleted: int | None = None
+            if client is not None:
+                deleted = 0
+                for t, k in zip(diffs, KINDS, strict=True):
+                    bounds = selection.time_bounds(k)
+                    if t.extra and bounds is not None:
+                        deleted += self._retry(
+                            lambda t=t, b=bounds: delete_keys(client, t.table, b[0] // 1000, b[1] // 1000, t.extra,
+                                                              run.checkpoint_id), "clickhouse_delete")
+                metrics.BACKFILL_DELETED_KEYS.inc(deleted)
+                crash_point("backfill.after_delete")
+        finally:
+            if client is not None:
+                client.close()  # an embedded path is released before the sink needs it
+        # 10. the windows, as sink batches at the run's version
+        new, existing = self._land(ledger, run, selection, truth)
+        # 11. done
+        crash_point("backfill.before_finish")
+        self._retry(lambda: ledger_backfill.finish_run(ledger, run, windows=outcome.windows, batches=new + existing,
+                                                       deleted_keys=deleted), "postgres_finish_run")
+        metrics.BACKFILL_RUNS.inc()
+        return self._finish(outcome, run=run, resumed=resume, batches_new=new, batches_existing=existing,
+                            deleted_keys=deleted)
+
+    def _finish(self, outcome: Outcome, **changes: Any) -> Outcome:
+        return replace(outcome, elapsed_s=time.monotonic() - self._started, **changes)
+
+    def _open_clickhouse(self) -> tuple[Client | None, str | None]:
+        url = self.cfg.services.clickhouse_url
+        try:
+            client = self._retry(lambda: open_clickhouse(url, read_only=self.cfg.dry_run), "clickhouse_connect")
+            self._handle_signals()  # the embedded engine installs its own handlers when it starts
+            return client, None
+        except ServiceLocked as e:
+            if self.cfg.require_clickhouse:
+                raise
+            consequence = ("differences unknown; a real run now would land the windows without deleting keys "
+                           "present only in ClickHouse or seeing versions written outside the ledger"
+                           if self.cfg.dry_run else
+                           "the recomputed windows are landed through the ledger (they replace missing and wrong "
+                           "rows), but keys present only in ClickHouse are not deleted and versions written "
+                           "outside the ledger are not seen")
+            note = f"not read: {e}. So: {consequence} (docs/backfill.md)"
+            log.warning("backfill_clickhouse_unreadable", reason=str(e))
+            return None, note
+
+    def _read_stored(self, client: Client, selection: Selection,
+                     truth: dict[str, list[WindowRow]]) -> dict[str, StoredRange]:
+        out = {}
+        for k in KINDS:
+            bounds = selection.time_bounds(k)
+            if selection.request.from_ms is None:  # offset request: the span of what it touched
+                starts = [r.window_start_s for r in truth[k.table]]
+                bounds = (min(starts) * 1000, max(starts) * 1000 + 1000) if starts else None
+            if bounds is None:
+                continue
+            out[k.table] = self._retry(lambda k=k, b=bounds: read_range(client, k.table, b[0] // 1000, b[1] // 1000),
+                                       "clickhouse_read")
+        return out
+
+    def _land(self, ledger: Ledger, run: BackfillRun, selection: Selection,
+              truth: dict[str, list[WindowRow]]) -> tuple[int, int]:
+        ranges = {p: (0, end) for p, end in selection.replay_to.items()}
+        new = existing = 0
+        for table in sorted(truth):
+            rows = truth[table]
+            for chunk, i in enumerate(range(0, len(rows), self.cfg.batch_rows)):
+                self._check_stop()
+                part = rows_to_table(rows[i:i + self.cfg.batch_rows])
+                bid, inserted = self._retry(
+                    lambda c=chunk, t=part, n=table: ledger_backfill.commit_batch(ledger, run, n, c, t, ranges),
+                    "postgres_backfill_batch")
+                if inserted:
+                    new += 1
+                    metrics.BACKFILL_ROWS.labels(table=table).inc(part.num_rows)
+                else:
+                    existing += 1
+                log.info("backfill_batch_committed", batch_id=bid, table=table, chunk=chunk, rows=part.num_rows,
+                         version=run.checkpoint_id, already_committed=not inserted)
+                crash_point("backfill.between_batches")
+        return new, existing
+
+
+def check_out_of_orderness(pin: Pin, request: BackfillRequest) -> None:
+    """The ledger stores both max event time and watermark: their gap is the live run's
+    max_out_of_orderness. A different value would classify records differently."""
+    ooo = request.policy.max_out_of_orderness_ms
+    for p in pin.partitions:
+        if p.max_event_time_ms is None or p.watermark_ms is None:
+            continue
+        live = p.max_event_time_ms - p.watermark_ms
+        if live != ooo:
+            raise FatalError(f"the live processor runs with --max-out-of-orderness {live}ms (ledger, partition "
+                             f"{p.partition}), not {ooo}ms: pass the processor's flags")
+
+
+def check_classification(replays: dict[int, PartitionReplay], pin: Pin, request: BackfillRequest) -> None:
+    """At the pinned position the replay must stand where the live run stood: same max event
+    time and the same late and invalid counts as the ledger. Otherwise the rules (the
+    lateness flags) or the input differ, and the recomputed windows would be wrong."""
+    for p, replay in sorted(replays.items()):
+        pinned = pin.get(p)
+        if replay.max_event_time_ms != pinned.max_event_time_ms:
+            raise FatalError(f"partition {p}: replay up to offset {pinned.next_offset} ends at max event time "
+                             f"{iso(replay.max_event_time_ms)}, the ledger at {iso(pinned.max_event_time_ms)}: "
+                             "the input differs from what the live processor read")
+        got = replay.dlq_counts()
+        want = {k: n for k, n in pinned.dlq.items() if n}
+        if got != want:
+            def show(d: dict[tuple[str, str], int]) -> str:
+                return ", ".join(f"{r}{'/' + k if k else ''} {n}" for (r, k), n in sorted(d.items())) or "none"
+            p_ = request.policy
+            raise FatalError(
+                f"partition {p}: replaying offsets [0, {pinned.next_offset}) gives DLQ counts {show(got)}, the "
+                f"ledger holds {show(want)}: the live processor classified records with other rules than "
+                f"--allowed-lateness-minute {p_.allowed_lateness_minute_ms}ms / --allowed-lateness-hour "
+                f"{p_.allowed_lateness_hour_ms}ms; pass the processor's flags")
+
+
+def rows_by_table(replays: dict[int, PartitionReplay]) -> dict[str, list[WindowRow]]:
+    out: dict[str, list[WindowRow]] = {k.table: [] for k in KINDS}
+    for _p, replay in sorted(replays.items()):
+        for r in replay.rows():
+            out[WindowKind(r.kind).table].append(r)
+    for rows in out.values():
+        rows.sort(key=lambda r: (r.window_start_s, r.account_id, r.country, r.partition))
+    return out

@@ -1,0 +1,218 @@
+"""Ledger side of a backfill (docs/backfill.md): pin the input positions, allocate the
+version, commit the recomputed windows as sink batches marked `source = 'backfill'`.
+
+A backfill never touches `partition_state`, the DLQ counts or the window snapshots: those
+belong to the live processor. It adds a `ledger_checkpoint` (its version), `sink_batch`
+rows (delivered by the ordinary sink) and one `backfill_run` row that makes it resumable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg.types.json import Jsonb
+
+from app.core.errors import InvariantViolation
+from app.ledger import rows as window_rows
+from app.ledger.identity import batch_id as make_batch_id
+from app.ledger.ledger import Ledger
+
+SOURCE = "backfill"
+PLANNED = "planned"
+LANDED = "landed"
+
+DlqKey = tuple[str, str]  # (reason, window_kind), window_kind '' for invalid
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedPartition:
+    """One input partition as the ledger stood at the pin: the live processor had read
+    [0, next_offset), with this watermark and these DLQ counts."""
+
+    partition: int
+    next_offset: int
+    max_event_time_ms: int | None
+    watermark_ms: int | None
+    dlq: Mapping[DlqKey, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    partitions: tuple[PinnedPartition, ...]
+
+    def get(self, partition: int) -> PinnedPartition:
+        for p in self.partitions:
+            if p.partition == partition:
+                return p
+        return PinnedPartition(partition, 0, None, None, {})
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [{"partition": p.partition, "next_offset": p.next_offset,
+                 "max_event_time_ms": p.max_event_time_ms, "watermark_ms": p.watermark_ms,
+                 "dlq": [[r, k, n] for (r, k), n in sorted(p.dlq.items())]} for p in self.partitions]
+
+    @staticmethod
+    def from_json(data: list[dict[str, Any]]) -> Pin:
+        return Pin(tuple(PinnedPartition(int(d["partition"]), int(d["next_offset"]),
+                                         None if d["max_event_time_ms"] is None else int(d["max_event_time_ms"]),
+                                         None if d["watermark_ms"] is None else int(d["watermark_ms"]),
+                                         {(str(r), str(k)): int(n) for r, k, n in d["dlq"]})
+                         for d in data))
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillRun:
+    request: str
+    run_no: int
+    checkpoint_id: int   # the version of every row this run lands
+    pin: Pin
+    status: str
+
+    @property
+    def landed(self) -> bool:
+        return self.status == LANDED
+
+
+def read_pin(ledger: Ledger) -> Pin:
+    """Every partition's position, watermark and DLQ counts, from one snapshot (the live
+    processor commits them together, so one REPEATABLE READ snapshot sees them agree)."""
+    def tx(conn: psycopg.Connection[Any]) -> Pin:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        dlq: dict[int, dict[DlqKey, int]] = {}
+        for p, reason, kind, n in conn.execute(
+                """SELECT partition, reason, window_kind, count FROM dlq_count
+                   WHERE pipeline_id = %s AND topic = %s""", (ledger.pipeline_id, ledger.topic)):
+            dlq.setdefault(int(p), {})[(str(reason), str(kind))] = int(n)
+        parts = [PinnedPartition(int(p), int(o), None if m is None else int(m), None if w is None else int(w),
+                                 dlq.get(int(p), {}))
+                 for p, o, m, w in conn.execute(
+                     """SELECT partition, next_offset, max_event_time_ms, watermark_ms FROM partition_state
+                        WHERE pipeline_id = %s AND topic = %s ORDER BY partition""",
+                     (ledger.pipeline_id, ledger.topic))]
+        return Pin(tuple(parts))
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+def latest_run(ledger: Ledger, request: str) -> BackfillRun | None:
+    def tx(conn: psycopg.Connection[Any]) -> BackfillRun | None:
+        row = conn.execute(
+            """SELECT run_no, checkpoint_id, pin, status FROM backfill_run
+               WHERE pipeline_id = %s AND request = %s ORDER BY run_no DESC LIMIT 1""",
+            (ledger.pipeline_id, request)).fetchone()
+        if row is None:
+            return None
+        return BackfillRun(request, int(row[0]), int(row[1]), Pin.from_json(row[2]), str(row[3]))
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+def start_run(ledger: Ledger, request: str, pin: Pin, *, records: int, above_version: int = 0) -> BackfillRun:
+    """Allocate the run's version and record the run, in one transaction:
+
+    1. lock `ledger_checkpoint` against inserts (SHARE ROW EXCLUSIVE, held for
+       milliseconds): no checkpoint id is handed out while we look at the sequence;
+    2. if ClickHouse holds a version >= the next id in the range (a write that did not come
+       from this ledger), move the sequence past it: ids stay unique and increasing, and
+       our rows replace that write;
+    3. insert the checkpoint (source 'backfill'): a fresh id, higher than every version
+       the live processor has emitted, in particular for the (final) windows we rewrite;
+    4. insert the run row with the pin, so a rerun after a crash resumes with the same
+       input positions, version and batch ids.
+    """
+    def tx(conn: psycopg.Connection[Any]) -> BackfillRun:
+        # 1.
+        conn.execute("LOCK TABLE ledger_checkpoint IN SHARE ROW EXCLUSIVE MODE")
+        # 2.
+        if above_version > 0:
+            # setval(s, v): the next id is v + 1. Only forwards: ids already handed out stay unique.
+            conn.execute(
+                """SELECT setval(q.s, %s)
+                   FROM (SELECT pg_get_serial_sequence('ledger_checkpoint', 'checkpoint_id') AS s) AS q
+                   WHERE %s > coalesce(pg_sequence_last_value(q.s::regclass), 0)""",
+                (above_version, above_version))
+        # 3.
+        parts = [p.partition for p in pin.partitions]
+        (checkpoint_id,) = conn.execute(
+            """INSERT INTO ledger_checkpoint (pipeline_id, source, topic, partitions, records)
+               VALUES (%s, %s, %s, %s, %s) RETURNING checkpoint_id""",
+            (ledger.pipeline_id, SOURCE, ledger.topic, parts, records)).fetchone()  # type: ignore[misc]
+        # 4.
+        (run_no,) = conn.execute(
+            """SELECT coalesce(max(run_no), 0) + 1 FROM backfill_run
+               WHERE pipeline_id = %s AND request = %s""", (ledger.pipeline_id, request)).fetchone()  # type: ignore[misc]
+        conn.execute(
+            """INSERT INTO backfill_run (pipeline_id, request, run_no, topic, checkpoint_id, pin)
+               VALUES (%s, %s, %s, %s, %s, %s)""",
+            (ledger.pipeline_id, request, run_no, ledger.topic, checkpoint_id, Jsonb(pin.to_json())))
+        return BackfillRun(request, int(run_no), int(checkpoint_id), pin, PLANNED)
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+def batch_scope(run: BackfillRun, chunk: int) -> str:
+    """The batch-id scope: request, run and chunk number, so a resumed run reproduces its ids."""
+    return f"{run.request}|run={run.run_no}|chunk={chunk}"
+
+
+def commit_batch(ledger: Ledger, run: BackfillRun, table_name: str, chunk: int, rows: pa.Table,
+                 offset_ranges: Mapping[int, tuple[int, int]]) -> tuple[int, bool]:
+    """Commit one chunk of recomputed rows as a pending sink batch at the run's version.
+
+    Returns (batch_id, newly committed). A chunk an earlier attempt of this run already
+    committed is left as it is (the sink may have delivered it); its totals must equal the
+    recomputed ones, since the run's input positions are pinned.
+    """
+    bid = make_batch_id(ledger.pipeline_id, SOURCE, ledger.topic, table_name, offset_ranges,
+                        batch_scope(run, chunk))
+    events, amount = _sum(rows, "event_count"), _sum(rows, "sum_amount")
+
+    def tx(conn: psycopg.Connection[Any]) -> bool:
+        inserted = conn.execute(
+            """INSERT INTO sink_batch (pipeline_id, batch_id, checkpoint_id, table_name, source, topic,
+                 partitions, offset_ranges, row_count, total_events, total_amount, payload)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (pipeline_id, batch_id) DO NOTHING""",
+            (ledger.pipeline_id, bid, run.checkpoint_id, table_name, SOURCE, ledger.topic,
+             sorted(set(rows.column("partition").to_pylist())),
+             Jsonb([[p, a, b] for p, (a, b) in sorted(offset_ranges.items())]),
+             rows.num_rows, events, amount, window_rows.encode(rows))).rowcount
+        if inserted:
+            return True
+        row = conn.execute(
+            """SELECT checkpoint_id, row_count, total_events, total_amount FROM sink_batch
+               WHERE pipeline_id = %s AND batch_id = %s""", (ledger.pipeline_id, bid)).fetchone()
+        assert row is not None
+        if (int(row[0]), int(row[1]), int(row[2]), int(row[3])) != (run.checkpoint_id, rows.num_rows, events,
+                                                                     amount):
+            raise InvariantViolation(
+                f"backfill batch {bid} (run {run.run_no}, chunk {chunk}) was committed with other rows: "
+                f"{row[1]} rows / {row[2]} events before, {rows.num_rows} / {events} now")
+        return False
+    return bid, ledger._run(tx)
+
+
+def finish_run(ledger: Ledger, run: BackfillRun, *, windows: int, batches: int, deleted_keys: int | None) -> None:
+    def tx(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            """UPDATE backfill_run SET status = %s, windows = %s, batches = %s, deleted_keys = %s,
+                 finished_at = now()
+               WHERE pipeline_id = %s AND request = %s AND run_no = %s""",
+            (LANDED, windows, batches, deleted_keys, ledger.pipeline_id, run.request, run.run_no))
+    ledger._run(tx)
+
+
+def max_live_checkpoint(ledger: Ledger) -> int:
+    """The highest checkpoint id of this pipeline (reporting only)."""
+    def tx(conn: psycopg.Connection[Any]) -> int:
+        (n,) = conn.execute("SELECT coalesce(max(checkpoint_id), 0) FROM ledger_checkpoint WHERE pipeline_id = %s",
+                            (ledger.pipeline_id,)).fetchone()  # type: ignore[misc]
+        return int(n)
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+def _sum(table: pa.Table, column: str) -> int:
+    value = pc.sum(table.column(column)).as_py() if table.num_rows else 0
+    return int(value or 0)
