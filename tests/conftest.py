@@ -117,8 +117,8 @@ class Pipeline:
         return psycopg.connect(self.database_url, autocommit=True)
 
 
-LEDGER_TABLES = ("sink_batch", "window_snapshot", "dlq_count", "partition_state", "pipeline_run",
-                 "ledger_checkpoint")
+LEDGER_TABLES = ("sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
+                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint")
 
 
 @pytest.fixture

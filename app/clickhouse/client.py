@@ -28,6 +28,37 @@ log = structlog.get_logger("clickhouse")
 # to async inserts, which would acknowledge rows still in a buffer.
 DURABLE_INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 1}
 
+# What makes a retried insert recognisable block by block (docs/sink.md, "partial inserts"):
+# ClickHouse derives each part's dedup id from the token, the block's ordinal in the insert
+# and the partition, so the blocks must be the same on every attempt. With no squashing
+# (both minimums 0) and one insert thread, a block is exactly one Arrow record batch of
+# the insert, in order: the caller decides the layout. optimize_on_insert=0 keeps every
+# sent row (no in-block collapsing of versions), so before merges the raw table holds
+# exactly the rows the ledger recorded and can be counted against it.
+BLOCK_LAYOUT_SETTINGS: dict[str, Any] = {
+    "min_insert_block_size_rows": 0,
+    "min_insert_block_size_bytes": 0,
+    "max_insert_threads": 1,
+    "optimize_on_insert": 0,
+}
+
+# Async inserts, still exactly once: deduplicated by the same token, and the call returns
+# only once the buffer holding our rows is flushed into parts (docs/sink.md).
+ASYNC_INSERT_SETTINGS: dict[str, Any] = {
+    "async_insert": 1,
+    "wait_for_async_insert": 1,
+    "async_insert_deduplicate": 1,
+}
+
+
+def insert_settings(token: str, *, async_insert: bool = False) -> dict[str, Any]:
+    """Settings of every rollup insert: durable, deduplicated by `token`, fixed block layout."""
+    settings: dict[str, Any] = {**DURABLE_INSERT_SETTINGS, **BLOCK_LAYOUT_SETTINGS,
+                                "insert_deduplication_token": token}
+    if async_insert:
+        settings.update(ASYNC_INSERT_SETTINGS)
+    return settings
+
 
 @dataclass(frozen=True, slots=True)
 class ClickHouseTarget:
@@ -101,5 +132,5 @@ def is_retryable(e: BaseException) -> bool:
 
 
 def raise_fatal_on_bad_url(url: str) -> None:
-    if not (url.startswith("chdb:") or url.startswith("http://") or url.startswith("https://")):
+    if not url.startswith(("chdb:", "http://", "https://")):
         raise FatalError(f"unsupported CLICKHOUSE_URL {mask_url(url)!r}: use chdb:///abs/path or http(s)://")

@@ -11,10 +11,12 @@ from typing import Final
 ROLLUP_TABLES: Final = ("rollup_minute", "rollup_hour")
 TABLE_OF_KIND: Final = {"minute": "rollup_minute", "hour": "rollup_hour"}
 
-# The dedup token of an insert is remembered for the last N inserted blocks. A batch can
-# only be re-sent while it is unacknowledged, and the sink has at most one insert in
-# flight, whose blocks are at most one per day partition touched: 10,000 blocks covers
-# any replay with a wide margin (docs/exactly-once.md, "dedup window").
+# The dedup ids of an insert's parts are remembered for the last N parts written to the
+# table. A group can only be re-sent while it is open, the sink has one group in flight
+# and resumes it before anything else, so N must cover the parts ONE insert writes:
+# ceil(rows / insert_block_rows) + (day partitions touched - 1), plus whatever other
+# writers insert into the table meanwhile. 10,000 covers that with a wide margin
+# (docs/sink.md, "sizing the dedup window").
 DEDUP_WINDOW_BLOCKS: Final = 10_000
 
 
@@ -37,8 +39,33 @@ SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}
 """
 
 
+# The argMax-by-version reading of each rollup table (docs/read-side.md): one row per
+# window, its highest version, whatever merges have or have not happened. The inner
+# names differ from the outer ones on purpose: `max(version) AS version` beside
+# `argMax(x, version)` would make ClickHouse substitute the alias into the argMax.
+LATEST_VIEWS: Final = {"rollup_minute": "rollup_minute_latest", "rollup_hour": "rollup_hour_latest"}
+
+
+def _latest_view_ddl(table: str, view: str) -> str:
+    return f"""
+CREATE VIEW IF NOT EXISTS {view} AS
+SELECT window_start, account_id, country,
+       latest_event_count AS event_count, latest_sum_amount AS sum_amount, latest_version AS version
+FROM
+(
+    SELECT window_start, account_id, country,
+           argMax(event_count, version) AS latest_event_count,
+           argMax(sum_amount, version)  AS latest_sum_amount,
+           max(version)                 AS latest_version
+    FROM {table}
+    GROUP BY window_start, account_id, country
+)
+"""
+
+
 MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
     (1, "rollup tables", [_rollup_ddl(t) for t in ROLLUP_TABLES]),
+    (2, "argMax-by-version views", [_latest_view_ddl(t, v) for t, v in LATEST_VIEWS.items()]),
 ]
 
 SCHEMA_VERSION_DDL: Final = """

@@ -1,4 +1,4 @@
-"""`python -m app.sink`: ledger -> ClickHouse, every batch exactly once (contract §7)."""
+"""`python -m app.sink`: ledger -> ClickHouse, coalesced inserts, every row exactly once (contract §7)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,55 @@ import sys
 import structlog
 
 from app.clickhouse.client import raise_fatal_on_bad_url
-from app.core.config import ArgumentParser, add_runtime_args, add_service_args, service_settings
+from app.core.config import (
+    ArgumentParser,
+    add_runtime_args,
+    add_service_args,
+    duration_arg,
+    fraction_arg,
+    non_negative_int_arg,
+    positive_int_arg,
+    service_settings,
+)
 from app.core.errors import FatalError, PipelineError
 from app.core.logging import configure_logging
 from app.core.metrics import serve_metrics
-from app.sink.loop import Sink, SinkConfig
-from app.sink.writer import ClickHouseWriter
+from app.sink.faults import FAULT_MODES, FaultyWriter, InsertFaultPlan
+from app.sink.groups import GroupPolicy
+from app.sink.loop import DEFAULT_INSERT_BLOCK_ROWS, Sink, SinkConfig
+from app.sink.writer import ClickHouseWriter, RollupWriter
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m app.sink",
-                       description="Insert every unacknowledged ledger batch into ClickHouse with its "
-                                   "deterministic dedup token, then acknowledge it in the ledger.")
+                       description="Coalesce unacknowledged ledger batches into large ClickHouse inserts, each "
+                                   "recorded in the ledger with its deterministic dedup token before it is sent, "
+                                   "then acknowledge them (docs/sink.md).")
     add_service_args(p)
     p.add_argument("--until-idle", action="store_true",
                    help="exit once no batch is pending and the processor finished its --until-end run")
-    p.add_argument("--async-insert", action="store_true",
+    b = p.add_argument_group("insert size")
+    b.add_argument("--batch-rows", type=positive_int_arg, default=100_000,
+                   help="coalesce pending batches of a table until an insert holds at least this many rows "
+                        "(default %(default)s)")
+    b.add_argument("--batch-max-wait", type=duration_arg, default=5.0, metavar="DURATION",
+                   help="insert whatever a table has pending once its oldest batch has waited this long "
+                        "(default 5s)")
+    b.add_argument("--insert-block-rows", type=positive_int_arg, default=DEFAULT_INSERT_BLOCK_ROWS,
+                   help="rows per ClickHouse block of an insert; blocks are what the dedup token "
+                        "recognises on a retry (default %(default)s)")
+    b.add_argument("--async-insert", action="store_true",
                    help="use ClickHouse async inserts (deduplicated, waited for) instead of synchronous ones")
+    f = p.add_argument_group("insert fault injection (testing)")
+    f.add_argument("--fail-insert-every", type=non_negative_int_arg, default=0, metavar="N",
+                   help="make every Nth insert call fail (then retried), 0 = never (default 0)")
+    f.add_argument("--fail-insert-probability", type=fraction_arg, default=0.0, metavar="P",
+                   help="make each insert call fail with probability P (default 0)")
+    f.add_argument("--fail-insert-seed", type=int, default=0,
+                   help="seed of the --fail-insert-probability draws (default 0)")
+    f.add_argument("--fail-insert-mode", choices=FAULT_MODES, default="before",
+                   help="before: nothing written; after: all written, then the error; mid: the first half "
+                        "of the insert's blocks written, then the error (default before)")
     add_runtime_args(p, metrics_port=9309)
     return p
 
@@ -34,11 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     log = structlog.get_logger("sink")
     settings = service_settings(args)
+    faults = InsertFaultPlan(every=args.fail_insert_every, probability=args.fail_insert_probability,
+                             seed=args.fail_insert_seed, mode=args.fail_insert_mode)
+    cfg = SinkConfig(services=settings, until_idle=args.until_idle,
+                     policy=GroupPolicy(batch_rows=args.batch_rows, max_wait_s=args.batch_max_wait),
+                     insert_block_rows=args.insert_block_rows)
     try:
         raise_fatal_on_bad_url(settings.clickhouse_url)
         serve_metrics(args.metrics_port, args.metrics_host)
-        writer = ClickHouseWriter(settings.clickhouse_url, async_insert=args.async_insert)
-        return Sink(SinkConfig(services=settings, until_idle=args.until_idle), writer).run()
+        writer: RollupWriter = ClickHouseWriter(settings.clickhouse_url, async_insert=args.async_insert)
+        if faults.enabled:
+            log.warning("insert_faults_enabled", every=faults.every, probability=faults.probability,
+                        seed=faults.seed, mode=faults.mode)
+            writer = FaultyWriter(writer, faults)
+        return Sink(cfg, writer).run()
     except FatalError as e:
         log.error("sink_fatal", error=str(e))
         return 1

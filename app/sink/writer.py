@@ -1,79 +1,94 @@
-"""The ClickHouse side of the sink: one insert per ledger batch, idempotent by token.
+"""The ClickHouse side of the sink: one idempotent, column-oriented insert per group.
 
-`RollupWriter` is the seam (fault injection and other targets wrap or replace it).
-ClickHouseWriter inserts column-oriented Arrow data with the batch's
-insert_deduplication_token and synchronous (durable) insert settings, so a retried
-batch — same rows, same token — is dropped by ClickHouse instead of stored twice.
+`RollupWriter` is the seam: fault injection (`app/sink/faults.py`) wraps it, tests wrap
+the client underneath it. ClickHouseWriter sends Arrow record batches (never Python
+tuples) with the group's insert_deduplication_token and fixed block-layout settings
+(`app.clickhouse.client.insert_settings`), so a retried group — same batches, same
+token — is dropped block by block by ClickHouse instead of stored twice, even when the
+first attempt died after writing some of its blocks.
+
+Embedded (`chdb://`) and server (`http(s)://`) URLs take the same path; on a server a
+failed insert also drops the connection, so the retry starts on a fresh one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-import numpy as np
 import pyarrow as pa
 import structlog
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
-from app.clickhouse.client import DURABLE_INSERT_SETTINGS, connect, migrate
-from app.core.errors import PipelineError, RetryableError
+from app.clickhouse.client import ClickHouseTarget, connect, insert_settings, migrate
+from app.core.config import mask_url
+from app.core.errors import PipelineError, RetryableError, ServiceLocked
 
 log = structlog.get_logger("sink")
 
 
 class RollupWriter(Protocol):
     def insert(self, table: str, rows: pa.Table, token: str) -> None:
-        """Insert rows durably; the same token must make a repeated call a no-op."""
+        """Insert rows durably, each record batch of `rows` as one ClickHouse block, in
+        order. Repeating the call with the same token and the same batches — also after
+        an attempt that wrote only some blocks — stores every row exactly once."""
 
     def close(self) -> None: ...
 
 
-def insert_table(rows: pa.Table, batch_id: int, version: int) -> pa.Table:
-    """Ledger window rows -> the rollup table's columns (contract §4)."""
-    n = rows.num_rows
-    return pa.Table.from_arrays(
-        [rows.column("window_start").cast(pa.timestamp("s")),
-         rows.column("account_id"),
-         rows.column("country"),
-         rows.column("event_count"),
-         rows.column("sum_amount"),
-         pa.array(np.full(n, batch_id, dtype=np.uint64)),
-         pa.array(np.full(n, version, dtype=np.uint64))],
-        names=["window_start", "account_id", "country", "event_count", "sum_amount", "batch_id", "version"])
-
-
 class ClickHouseWriter:
-    def __init__(self, url: str, *, async_insert: bool = False) -> None:
+    def __init__(self, url: str, *, async_insert: bool = False,
+                 connect_fn: Callable[[str], Client] = connect) -> None:
         self.url = url
         self.async_insert = async_insert
+        self._connect = connect_fn
         self._client: Client | None = None
+        self._server = not ClickHouseTarget(url).embedded
 
     def client(self) -> Client:
         if self._client is None:
-            self._client = connect(self.url)
-            migrate(self._client)
+            try:
+                client = self._connect(self.url)
+            except ServiceLocked as e:
+                # a verify or backfill holds the embedded path for a while: wait for it
+                raise RetryableError(str(e)) from e
+            try:
+                migrate(client)
+            except ClickHouseError as e:
+                client.close()
+                raise RetryableError(f"ClickHouse schema migration failed: {type(e).__name__}: {e}") from e
+            self._client = client
         return self._client
 
     def insert(self, table: str, rows: pa.Table, token: str) -> None:
-        settings = dict(DURABLE_INSERT_SETTINGS)
-        settings["insert_deduplication_token"] = token
-        if self.async_insert:
-            # Async inserts deduplicate by token too; wait_for_async_insert=1 makes the call
-            # return only once the buffer is flushed into a part.
-            settings.update({"async_insert": 1, "wait_for_async_insert": 1, "async_insert_deduplicate": 1})
         try:
-            self.client().insert_arrow(table, rows, settings=settings)
+            self.client().insert_arrow(table, rows, settings=insert_settings(token, async_insert=self.async_insert))
         except PipelineError:
             raise
-        except Exception as e:  # driver errors carry no stable class across backends
-            if not self.url.startswith("chdb:"):
-                self.close()  # a server connection may be half-broken: reconnect next time
+        except (OperationalError, ConnectionError, TimeoutError, OSError) as e:
+            # transport: the server may or may not have applied the insert; the retry's
+            # token settles it. The connection itself is suspect: reconnect.
+            self._failed(table, token, e, transport=True)
+            raise RetryableError(f"ClickHouse insert into {table} failed (connection): "
+                                 f"{type(e).__name__}: {e}") from e
+        except ClickHouseError as e:
+            # the server answered with an error (too many parts, memory, timeout, ...)
+            self._failed(table, token, e, transport=False)
             raise RetryableError(f"ClickHouse insert into {table} failed: {type(e).__name__}: {e}") from e
+
+    def _failed(self, table: str, token: str, e: BaseException, *, transport: bool) -> None:
+        reconnect = transport or self._server
+        log.warning("clickhouse_insert_failed", table=table, token=token, error_class=type(e).__name__,
+                    code=getattr(e, "code", None), transport=transport, reconnect=reconnect,
+                    url=mask_url(self.url), error=str(e).splitlines()[0][:300] if str(e) else "")
+        if reconnect:
+            self.close()
 
     def close(self) -> None:
         if self._client is not None:
             try:
                 self._client.close()
-            except Exception as e:  # closing is best-effort
+            except Exception as e:  # closing is best-effort  # noqa: BLE001
                 log.debug("clickhouse_close_failed", error=str(e))
         self._client = None

@@ -46,14 +46,14 @@ def test_sink_killed_between_insert_and_acknowledgement(pipeline: Pipeline) -> N
         (batches,) = conn.execute("SELECT count(*) FROM sink_batch WHERE pipeline_id = %s",
                                   (pipeline.pipeline_id,)).fetchone()
     assert batches >= 6
-    killed = pipeline.sink(crash_at="sink.after_insert:3", check=False)
+    killed = pipeline.sink("--batch-rows", "1", crash_at="sink.after_insert:3", check=False)
     assert killed.returncode == -signal.SIGKILL
     pipeline.sink()
     with pipeline.ledger() as conn:
         (replayed,) = conn.execute(
             "SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND insert_attempts > 1",
             (pipeline.pipeline_id,)).fetchone()
-    assert replayed == 1  # the batch inserted before the kill was sent again
+    assert replayed == 1  # the one-batch group inserted before the kill was sent again
     _assert_exact(pipeline)
     for table in ("rollup_minute", "rollup_hour"):
         stored = [r[:3] + (r[5],) for r in clickhouse_rows(pipeline.clickhouse_url, table, final=False)]

@@ -1,0 +1,203 @@
+"""Sink side of the ledger for coalesced inserts: groups of pending batches of one table.
+
+A group is recorded (id, token, ordered member list) in one transaction BEFORE its
+ClickHouse insert, and acknowledged (group and every member) in one transaction after
+it. A batch joins at most one group, for good: after a crash the sink resumes the open
+group with the same members, hence the same rows in the same order and the same token,
+instead of forming a different group whose blocks ClickHouse could not recognise.
+
+Also here: the backlog figures the processor's backpressure reads (`pending_work`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+
+from app.core.errors import InvariantViolation, RetryableError
+from app.ledger import rows as window_rows
+from app.ledger.ledger import Ledger
+
+_ID_MASK = (1 << 63) - 1  # fits Postgres bigint and ClickHouse UInt64
+
+
+class GroupConflict(RetryableError):
+    """A candidate member already joined another group (a second sink raced us): re-plan."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    """A pending batch not yet in any group, without its payload."""
+
+    batch_id: int
+    checkpoint_id: int
+    table_name: str
+    row_count: int
+    age_s: float                       # now() - created_at, by the ledger's clock
+
+
+@dataclass(frozen=True, slots=True)
+class InsertGroup:
+    group_id: int
+    table_name: str
+    token: str
+    member_batch_ids: tuple[int, ...]  # checkpoint order
+    row_count: int
+    reason: str                        # 'rows' | 'max_wait' | 'drain'
+    insert_attempts: int = 0
+    status: str = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRows:
+    batch_id: int
+    checkpoint_id: int                 # = ClickHouse version of the member's rows
+    rows: pa.Table                     # window rows (app.ledger.rows schema)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWork:
+    """Unacknowledged work in the ledger: what backpressure bounds."""
+
+    rows: int
+    payload_bytes: int
+    oldest_age_s: float                # 0 when nothing is pending
+
+
+def group_id(pipeline_id: str, table: str, member_batch_ids: Sequence[int]) -> int:
+    """Deterministic: the same members (in the same order) always give the same id."""
+    text = f"{pipeline_id}|{table}|" + ",".join(str(b) for b in member_batch_ids)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") & _ID_MASK
+
+
+def group_token(pipeline_id: str, gid: int) -> str:
+    """The ClickHouse insert_deduplication_token of a group (blocks get _0, _1, ... on top)."""
+    return f"{pipeline_id}:g{gid}"
+
+
+def new_group(pipeline_id: str, table: str, members: Sequence[BatchHeader], reason: str) -> InsertGroup:
+    ids = tuple(m.batch_id for m in members)
+    gid = group_id(pipeline_id, table, ids)
+    return InsertGroup(gid, table, group_token(pipeline_id, gid), ids, sum(m.row_count for m in members), reason)
+
+
+# ---- reads ----------------------------------------------------------------
+
+def open_groups(ledger: Ledger, limit: int = 1) -> list[InsertGroup]:
+    """Groups to (re)send first: recorded but not acknowledged, or acknowledged while a
+    member is pending again (an operator reset a batch: the whole group is re-sent)."""
+    # Two index-driven halves, not one OR: sink_group grows by one row per insert forever,
+    # while both the pending groups and the pending batches are few.
+    def tx(conn: psycopg.Connection[Any]) -> list[InsertGroup]:
+        return [_group(r) for r in conn.execute(
+            """SELECT group_id, table_name, token, member_batch_ids, row_count, reason, insert_attempts, status, seq
+               FROM sink_group WHERE pipeline_id = %(p)s AND status = 'pending'
+               UNION
+               SELECT g.group_id, g.table_name, g.token, g.member_batch_ids, g.row_count, g.reason,
+                      g.insert_attempts, g.status, g.seq
+               FROM sink_group g
+               WHERE g.pipeline_id = %(p)s AND g.status = 'acked' AND g.group_id IN (
+                     SELECT b.group_id FROM sink_batch b
+                     WHERE b.pipeline_id = %(p)s AND b.status = 'pending' AND b.group_id IS NOT NULL)
+               ORDER BY seq LIMIT %(n)s""", {"p": ledger.pipeline_id, "n": limit})]
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+def ungrouped_batches(ledger: Ledger, limit: int) -> list[BatchHeader]:
+    """Pending batches in no group yet, in checkpoint order (headers only)."""
+    def tx(conn: psycopg.Connection[Any]) -> list[BatchHeader]:
+        return [BatchHeader(int(r[0]), int(r[1]), r[2], int(r[3]), float(r[4])) for r in conn.execute(
+            """SELECT batch_id, checkpoint_id, table_name, row_count,
+                      extract(epoch FROM now() - created_at)::float8
+               FROM sink_batch
+               WHERE pipeline_id = %s AND status = 'pending' AND group_id IS NULL
+               ORDER BY checkpoint_id, table_name LIMIT %s""", (ledger.pipeline_id, limit))]
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+def load_members(ledger: Ledger, group: InsertGroup) -> list[MemberRows]:
+    """The members' stored rows, in the group's member order."""
+    def tx(conn: psycopg.Connection[Any]) -> dict[int, tuple[int, bytes]]:
+        return {int(r[0]): (int(r[1]), bytes(r[2])) for r in conn.execute(
+            """SELECT batch_id, checkpoint_id, payload FROM sink_batch
+               WHERE pipeline_id = %s AND batch_id = ANY(%s) AND payload IS NOT NULL""",
+            (ledger.pipeline_id, list(group.member_batch_ids)))}
+    found = ledger._run(tx)
+    missing = [b for b in group.member_batch_ids if b not in found]
+    if missing:
+        raise InvariantViolation(f"group {group.group_id}: member batches {missing} have no payload")
+    return [MemberRows(b, found[b][0], window_rows.decode(found[b][1])) for b in group.member_batch_ids]
+
+
+def pending_work(ledger: Ledger) -> PendingWork:
+    """Rows, payload bytes and age of the oldest batch not yet acknowledged. octet_length
+    of an out-of-line bytea reads its TOAST pointer only, so this stays cheap."""
+    def tx(conn: psycopg.Connection[Any]) -> PendingWork:
+        row = conn.execute(
+            """SELECT coalesce(sum(row_count), 0), coalesce(sum(octet_length(payload)), 0),
+                      coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+               FROM sink_batch WHERE pipeline_id = %s AND status = 'pending'""",
+            (ledger.pipeline_id,)).fetchone()
+        assert row is not None
+        return PendingWork(int(row[0]), int(row[1]), float(row[2]))
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+# ---- writes ---------------------------------------------------------------
+
+def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
+    """Step 1 of a group's life, one transaction: the group row and every member's
+    group_id. Raises GroupConflict (nothing written) if a member is already grouped.
+
+    A group row with the same id can only pre-exist if its ledger batches were deleted
+    and re-created (a reset scope re-running the same offsets): it is taken over."""
+    def tx(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            """INSERT INTO sink_group (pipeline_id, group_id, table_name, token, member_batch_ids,
+                                       row_count, reason)
+               VALUES (%s, %s, %s, %s, %s, %s, %s)
+               ON CONFLICT (pipeline_id, group_id) DO UPDATE
+                 SET status = 'pending', acked_at = NULL, reason = EXCLUDED.reason,
+                     row_count = EXCLUDED.row_count, insert_attempts = 0, created_at = now()""",
+            (ledger.pipeline_id, group.group_id, group.table_name, group.token, list(group.member_batch_ids),
+             group.row_count, group.reason))
+        joined = conn.execute(
+            """UPDATE sink_batch SET group_id = %s
+               WHERE pipeline_id = %s AND batch_id = ANY(%s) AND status = 'pending' AND group_id IS NULL""",
+            (group.group_id, ledger.pipeline_id, list(group.member_batch_ids))).rowcount
+        if joined != len(group.member_batch_ids):
+            raise GroupConflict(f"group {group.group_id}: {len(group.member_batch_ids) - joined} of "
+                                f"{len(group.member_batch_ids)} members already grouped or acknowledged")
+    ledger._run(tx)
+    return group
+
+
+def record_group_attempt(ledger: Ledger, group: InsertGroup) -> None:
+    """Counted before each insert, on the group and its members, so replays are visible."""
+    def tx(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("""UPDATE sink_group SET insert_attempts = insert_attempts + 1
+                        WHERE pipeline_id = %s AND group_id = %s""", (ledger.pipeline_id, group.group_id))
+        conn.execute("""UPDATE sink_batch SET insert_attempts = insert_attempts + 1
+                        WHERE pipeline_id = %s AND batch_id = ANY(%s)""",
+                     (ledger.pipeline_id, list(group.member_batch_ids)))
+    ledger._run(tx)
+
+
+def acknowledge_group(ledger: Ledger, group: InsertGroup) -> None:
+    """After a successful insert, one transaction: the group and all its members acked."""
+    def tx(conn: psycopg.Connection[Any]) -> None:
+        conn.execute("""UPDATE sink_group SET status = 'acked', acked_at = now()
+                        WHERE pipeline_id = %s AND group_id = %s""", (ledger.pipeline_id, group.group_id))
+        conn.execute("""UPDATE sink_batch SET status = 'acked', acked_at = now()
+                        WHERE pipeline_id = %s AND batch_id = ANY(%s) AND status = 'pending'""",
+                     (ledger.pipeline_id, list(group.member_batch_ids)))
+    ledger._run(tx)
+
+
+def _group(r: Sequence[Any]) -> InsertGroup:
+    return InsertGroup(int(r[0]), r[1], r[2], tuple(int(b) for b in r[3]), int(r[4]), r[5], int(r[6]), r[7])

@@ -1,0 +1,107 @@
+"""Pure rules of coalesced inserts: which pending batches form the next group, and the
+exact rows (and blocks) a group inserts. No I/O here: the same inputs always give the
+same group, the same row order and the same block boundaries, which is what lets
+ClickHouse recognise every block of a retried insert by its token (docs/sink.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from app.ledger.insert_groups import BatchHeader, MemberRows
+
+ROLLUP_COLUMNS: Final = ("window_start", "account_id", "country", "event_count", "sum_amount", "batch_id",
+                         "version")
+# A total order: (window, key) is unique within a batch and version is unique per batch,
+# so sorting by all four never depends on the order rows arrived in. window_start first
+# puts each day partition's rows side by side: few parts per block.
+SORT_KEYS: Final = [("window_start", "ascending"), ("account_id", "ascending"), ("country", "ascending"),
+                    ("version", "ascending")]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPolicy:
+    batch_rows: int = 100_000      # coalesce until a group holds at least this many rows
+    max_wait_s: float = 5.0        # ... or its oldest batch has waited this long
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    table_name: str
+    members: tuple[BatchHeader, ...]
+    reason: str                    # 'rows' | 'max_wait' | 'drain'
+
+    @property
+    def row_count(self) -> int:
+        return sum(m.row_count for m in self.members)
+
+
+def plan_group(batches: Sequence[BatchHeader], policy: GroupPolicy, *, drain: bool) -> GroupPlan | None:
+    """The next group from ungrouped pending batches (checkpoint order), or None to wait.
+
+    Per table, consecutive batches accumulate until >= batch_rows ('rows'). A smaller
+    group is formed only once its oldest batch has waited max_wait_s ('max_wait') or no
+    more batches will come (`drain`: the processor finished its --until-end run). Among
+    ready tables, the one whose oldest batch is oldest goes first."""
+    by_table: dict[str, list[BatchHeader]] = {}
+    for b in sorted(batches, key=lambda b: (b.checkpoint_id, b.table_name)):
+        by_table.setdefault(b.table_name, []).append(b)
+    ready: list[GroupPlan] = []
+    for table, pending in sorted(by_table.items()):
+        members: list[BatchHeader] = []
+        rows = 0
+        for b in pending:
+            members.append(b)
+            rows += b.row_count
+            if rows >= policy.batch_rows:
+                break
+        if rows >= policy.batch_rows:
+            reason = "rows"
+        elif drain:
+            reason = "drain"
+        elif max(m.age_s for m in members) >= policy.max_wait_s:
+            reason = "max_wait"
+        else:
+            continue
+        ready.append(GroupPlan(table, tuple(members), reason))
+    if not ready:
+        return None
+    return min(ready, key=lambda g: (g.members[0].checkpoint_id, g.table_name))
+
+
+def rollup_columns(rows: pa.Table, batch_id: int, version: int) -> pa.Table:
+    """Ledger window rows -> the rollup table's columns (contract §4)."""
+    n = rows.num_rows
+    return pa.Table.from_arrays(
+        [rows.column("window_start").cast(pa.timestamp("s")),
+         rows.column("account_id"),
+         rows.column("country"),
+         rows.column("event_count"),
+         rows.column("sum_amount"),
+         pa.array(np.full(n, batch_id, dtype=np.uint64)),
+         pa.array(np.full(n, version, dtype=np.uint64))],
+        names=list(ROLLUP_COLUMNS))
+
+
+def group_rows(members: Sequence[MemberRows]) -> pa.Table:
+    """Every member's rows (version = its checkpoint id), in one deterministic total order."""
+    table = pa.concat_tables([rollup_columns(m.rows, m.batch_id, m.checkpoint_id) for m in members])
+    table = table.combine_chunks()
+    return table.take(pc.sort_indices(table, sort_keys=SORT_KEYS))
+
+
+def split_blocks(table: pa.Table, block_rows: int) -> pa.Table:
+    """Re-chunk into record batches of exactly block_rows (the last one shorter): the
+    writer sends each record batch as one ClickHouse block."""
+    table = table.combine_chunks()
+    return pa.Table.from_batches(table.to_batches(max_chunksize=block_rows), schema=table.schema)
+
+
+def block_count(rows: int, block_rows: int) -> int:
+    return max(1, -(-rows // block_rows))
