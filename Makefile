@@ -5,6 +5,7 @@ BROKERS ?= 1
 EVENTS ?= 1000000
 RATE ?= 0
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 export BROKERS
 
 .PHONY: help install up down status demo test test-fast bench clean
@@ -36,8 +37,9 @@ test: up  ## the test suite against the real services
 test-fast:  ## unit tests only (no services)
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: up  ## throughput / latency benchmark, ends with one JSON line
-	$(PYTHON) experiments/bench.py --events $(EVENTS) --rate $(RATE)
+bench: up  ## throughput / latency benchmark, ends with one JSON line (EVENTS default 5M here; BENCH_ARGS=--help)
+	$(PYTHON) experiments/bench.py --events $(if $(filter command line environment,$(origin EVENTS)),$(EVENTS),5000000) \
+		--rate $(RATE) $(BENCH_ARGS)
 
 clean:  ## remove local data (Kafka logs, embedded ClickHouse, LevelDB state)
 	rm -rf .data

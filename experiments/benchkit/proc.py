@@ -1,0 +1,186 @@
+"""Child processes measured the way `/usr/bin/time -v` would: CPU seconds and peak RSS from
+the kernel's rusage of the reaped child (wait4), plus a timeline sampled from /proc.
+
+Also the CPU of the shared services (the Kafka broker's JVM, every Postgres process) and of
+the whole machine, read from /proc before and after a phase, so a table can say where the
+two cores went.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@dataclass(slots=True)
+class Sample:
+    t: float  # time.time()
+    cpu_s: float  # user + system so far
+    rss_mb: float
+
+
+@dataclass(slots=True)
+class Child:
+    """One measured subprocess. `wait()` reaps it with os.wait4 to get its exact rusage."""
+
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    started_at: float
+    ended_at: float | None = None
+    returncode: int | None = None
+    cpu_s: float | None = None  # from rusage (exact), or the last /proc sample
+    peak_rss_mb: float | None = None  # ru_maxrss, or VmHWM sampled
+    samples: list[Sample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        log_path: Path,
+        sample_every_s: float = 0.5,
+    ) -> Child:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "wb")  # noqa: SIM115 - closed by the child's lifetime
+        popen = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        child = cls(name, argv, popen, log_path, time.time())
+        threading.Thread(target=child._sample_loop, args=(sample_every_s,), daemon=True).start()
+        return child
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _sample_loop(self, every_s: float) -> None:
+        while not self._stop.is_set():
+            s = proc_sample(self.pid)
+            if s is not None and not self._stop.is_set():
+                self.samples.append(s)
+            self._stop.wait(every_s)
+
+    def poll(self) -> bool:
+        """True once the child exited (and was reaped)."""
+        if self.returncode is not None:
+            return True
+        try:
+            pid, status, ru = os.wait4(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if pid == 0:
+            return False
+        self._stop.set()
+        self.ended_at = time.time()
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self.popen.returncode = self.returncode  # keep Popen from waiting on a reaped pid
+        self.cpu_s = ru.ru_utime + ru.ru_stime
+        self.peak_rss_mb = ru.ru_maxrss / 1024.0
+        return True
+
+    def wait(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while not self.poll():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(
+                    f"{self.name} did not finish within {timeout_s:.0f} s (log: {self.log_path})"
+                )
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.wait(30)
+
+    @property
+    def wall_s(self) -> float:
+        return (self.ended_at or time.time()) - self.started_at
+
+
+def proc_sample(pid: int) -> Sample | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    rss_kb = 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kb = int(line.split()[1])
+    return Sample(time.time(), cpu, rss_kb / 1024.0)
+
+
+# ---- the shared services and the machine ------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    t: float
+    kafka_s: float  # the broker JVM(s)
+    postgres_s: float  # every postgres process, plus children the postmaster reaped
+    busy_s: float  # the whole machine, all cores
+    idle_s: float
+
+    def minus(self, before: CpuSnapshot) -> dict[str, float]:
+        wall = self.t - before.t
+        busy = self.busy_s - before.busy_s
+        return {
+            "wall_s": round(wall, 3),
+            "kafka_cpu_s": round(self.kafka_s - before.kafka_s, 2),
+            "postgres_cpu_s": round(self.postgres_s - before.postgres_s, 2),
+            "machine_busy_cpu_s": round(busy, 2),
+            "machine_utilisation": round(busy / max(busy + self.idle_s - before.idle_s, 1e-9), 3),
+        }
+
+
+def cpu_snapshot() -> CpuSnapshot:
+    kafka = postgres = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        reaped = (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime, cstime
+        if comm == "java":
+            kafka += own
+        elif comm.startswith(("postgres", "postmaster")):
+            postgres += own + reaped
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    vals = [int(x) for x in cpu]
+    idle = (vals[3] + vals[4]) / CLK_TCK  # idle + iowait
+    busy = (sum(vals[:8]) - vals[3] - vals[4]) / CLK_TCK  # user..steal, without guest
+    return CpuSnapshot(time.time(), kafka, postgres, busy, idle)
