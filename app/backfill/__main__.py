@@ -14,10 +14,11 @@ from app.backfill.request import BackfillRequest, OffsetRange
 from app.backfill.run import Backfill, BackfillConfig, Stopped
 from app.core.config import (
     ArgumentParser,
+    add_lateness_args,
     add_runtime_args,
     add_service_args,
     duration_arg,
-    duration_ms_arg,
+    lateness_flags,
     non_negative_int_arg,
     positive_int_arg,
     service_settings,
@@ -72,15 +73,7 @@ def build_parser() -> ArgumentParser:
                    help="first record of the offset range (needs --partition)")
     r.add_argument("--to-offset", type=positive_int_arg, metavar="OFFSET",
                    help="end of the offset range, exclusive (default: where the live processor stands)")
-    w = p.add_argument_group("rules (must be the processor's; checked against the ledger)")
-    w.add_argument("--max-out-of-orderness", type=duration_ms_arg, default=5_000, metavar="DURATION",
-                   help="watermark = max event time seen in the partition minus this (default 5s)")
-    w.add_argument("--allowed-lateness", type=duration_ms_arg, default=60_000, metavar="DURATION",
-                   help="events for a window ending at or before watermark - this are late (default 60s)")
-    w.add_argument("--allowed-lateness-minute", type=duration_ms_arg, default=None, metavar="DURATION",
-                   help="override --allowed-lateness for minute windows")
-    w.add_argument("--allowed-lateness-hour", type=duration_ms_arg, default=None, metavar="DURATION",
-                   help="override --allowed-lateness for hour windows")
+    add_lateness_args(p, "rules (must be the processor's; checked against the ledger)")
     o = p.add_argument_group("behaviour")
     o.add_argument("--dry-run", action="store_true",
                    help="recompute and print what would change (windows, rows, differences from ClickHouse); "
@@ -100,12 +93,9 @@ def build_parser() -> ArgumentParser:
 
 
 def request_from_args(p: ArgumentParser, args: argparse.Namespace) -> BackfillRequest:
-    policy = LatenessPolicy(
-        max_out_of_orderness_ms=args.max_out_of_orderness,
-        allowed_lateness_minute_ms=(args.allowed_lateness if args.allowed_lateness_minute is None
-                                    else args.allowed_lateness_minute),
-        allowed_lateness_hour_ms=(args.allowed_lateness if args.allowed_lateness_hour is None
-                                  else args.allowed_lateness_hour))
+    flags = lateness_flags(args)
+    policy = LatenessPolicy(flags.max_out_of_orderness_ms, flags.allowed_lateness_minute_ms,
+                            flags.allowed_lateness_hour_ms)
     offsets = None
     if args.from_offset is not None or args.to_offset is not None or args.partition is not None:
         if args.partition is None or args.from_offset is None:

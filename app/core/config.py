@@ -105,6 +105,36 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, metrics_port: int) -> N
                    choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
 
 
+@dataclass(frozen=True, slots=True)
+class LatenessFlags:
+    """Contract §3's watermark and lateness settings, as every command reads them."""
+
+    max_out_of_orderness_ms: int
+    allowed_lateness_minute_ms: int
+    allowed_lateness_hour_ms: int
+
+
+def add_lateness_args(parser: argparse.ArgumentParser, title: str) -> None:
+    """The contract §3 flags, one definition for the processor, backfill and verify."""
+    g = parser.add_argument_group(title)
+    g.add_argument("--max-out-of-orderness", type=duration_ms_arg, default=5_000, metavar="DURATION",
+                   help="watermark = max event time read from the partition minus this (default 5s)")
+    g.add_argument("--allowed-lateness", type=duration_ms_arg, default=60_000, metavar="DURATION",
+                   help="an event is too late for a window once watermark >= window end + this (default 60s)")
+    g.add_argument("--allowed-lateness-minute", type=duration_ms_arg, default=None, metavar="DURATION",
+                   help="override --allowed-lateness for minute windows")
+    g.add_argument("--allowed-lateness-hour", type=duration_ms_arg, default=None, metavar="DURATION",
+                   help="override --allowed-lateness for hour windows")
+
+
+def lateness_flags(args: argparse.Namespace) -> LatenessFlags:
+    default = args.allowed_lateness
+    return LatenessFlags(
+        max_out_of_orderness_ms=args.max_out_of_orderness,
+        allowed_lateness_minute_ms=default if args.allowed_lateness_minute is None else args.allowed_lateness_minute,
+        allowed_lateness_hour_ms=default if args.allowed_lateness_hour is None else args.allowed_lateness_hour)
+
+
 def service_settings(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(
         kafka_bootstrap_servers=args.bootstrap_servers,

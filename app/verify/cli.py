@@ -16,10 +16,11 @@ from app.clickhouse.client import connect, is_retryable, raise_fatal_on_bad_url
 from app.clickhouse.schema import TABLE_OF_KIND
 from app.core.config import (
     ArgumentParser,
+    add_lateness_args,
     add_runtime_args,
     add_service_args,
     duration_arg,
-    duration_ms_arg,
+    lateness_flags,
     mask_url,
     non_negative_int_arg,
     psycopg_conninfo,
@@ -64,15 +65,7 @@ def build_parser() -> ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_service_args(parser)
-    g = parser.add_argument_group("rules (must match the processor's)")
-    g.add_argument("--max-out-of-orderness", type=duration_ms_arg, default=5_000, metavar="DURATION",
-                   help="watermark = max event time - this (e.g. 5s, 500ms; default 5s)")
-    g.add_argument("--allowed-lateness", type=duration_ms_arg, default=60_000, metavar="DURATION",
-                   help="a window accepts events until watermark >= end + this (default 60s)")
-    g.add_argument("--allowed-lateness-minute", type=duration_ms_arg, default=None, metavar="DURATION",
-                   help="allowed lateness of minute windows (default: --allowed-lateness)")
-    g.add_argument("--allowed-lateness-hour", type=duration_ms_arg, default=None, metavar="DURATION",
-                   help="allowed lateness of hour windows (default: --allowed-lateness)")
+    add_lateness_args(parser, "rules (must match the processor's)")
     o = parser.add_argument_group("output")
     o.add_argument("--max-diffs", type=non_negative_int_arg, default=20, metavar="N",
                    help="how many differing keys to print (default %(default)s)")
@@ -86,12 +79,8 @@ def build_parser() -> ArgumentParser:
 
 
 def rules_from_args(args: argparse.Namespace) -> Rules:
-    lateness = args.allowed_lateness
-    return Rules(
-        max_out_of_orderness_ms=args.max_out_of_orderness,
-        allowed_lateness_minute_ms=lateness if args.allowed_lateness_minute is None else args.allowed_lateness_minute,
-        allowed_lateness_hour_ms=lateness if args.allowed_lateness_hour is None else args.allowed_lateness_hour,
-    )
+    flags = lateness_flags(args)
+    return Rules(flags.max_out_of_orderness_ms, flags.allowed_lateness_minute_ms, flags.allowed_lateness_hour_ms)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
