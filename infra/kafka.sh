@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Local Apache Kafka (KRaft) on loopback: fetch | up | down | status.
 #   BROKERS=1 (default) or 3: each node is broker+controller; node i listens on
-#   127.0.0.1:$((9092 + 2*(i-1))) (client) and the next port (controller).
-#   9092/9093, 9094/9095, 9096/9097 for three nodes.
+#   127.0.0.1:$((KAFKA_PORT_BASE + 2*(i-1))) (client) and the next port (controller).
+#   9092/9093, 9094/9095, 9096/9097 for three nodes with the default KAFKA_PORT_BASE=9092.
 # Jars come from Maven Central via infra/pom.xml into .cache/kafka/libs (git-ignored);
-# data and logs live under .data/kafka (git-ignored).
+# data and logs live under KAFKA_DATA_DIR (default .data/kafka, git-ignored).
+# A second, independent cluster (tests) = other KAFKA_PORT_BASE and KAFKA_DATA_DIR, e.g.
+#   KAFKA_PORT_BASE=19092 KAFKA_DATA_DIR=/tmp/k3 BROKERS=3 infra/kafka.sh up
+# and every later command (node-kill, node-start, down) with the same two variables.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LIBS="$ROOT/.cache/kafka/libs"
-DATA="$ROOT/.data/kafka"
+DATA="${KAFKA_DATA_DIR:-$ROOT/.data/kafka}"
+PORT_BASE="${KAFKA_PORT_BASE:-9092}"
 BROKERS="${BROKERS:-1}"
 HEAP="${KAFKA_HEAP:-512m}"
 START_TIMEOUT_S="${KAFKA_START_TIMEOUT:-90}"
 
-client_port() { echo $((9092 + 2 * ($1 - 1))); }
-ctrl_port() { echo $((9093 + 2 * ($1 - 1))); }
+client_port() { echo $((PORT_BASE + 2 * ($1 - 1))); }
+ctrl_port() { echo $((PORT_BASE + 1 + 2 * ($1 - 1))); }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 fetch() {

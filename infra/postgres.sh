@@ -63,7 +63,7 @@ up() {
     if allow_loopback "$ver" "$name"; then pg_ctlcluster "$ver" "$name" reload; fi
   fi
   create_database
-  (cd "$ROOT" && DATABASE_URL="$DATABASE_URL" python3 -m alembic -c "$ROOT/alembic.ini" upgrade heads 2>&1 \
+  (cd "$ROOT" && DATABASE_URL="$DATABASE_URL" python3 -m alembic -c "$ROOT/alembic.ini" upgrade head 2>&1 \
      | grep -v "^INFO  \[alembic.runtime.migration\] \(Context impl\|Will assume\)" || true)
   (cd "$ROOT" && DATABASE_URL="$DATABASE_URL" python3 -m alembic -c "$ROOT/alembic.ini" current 2>/dev/null | grep -q "(head)") \
     || { echo "postgres: alembic upgrade head failed" >&2; exit 1; }

@@ -73,6 +73,7 @@ class Pipeline:
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap, "DATABASE_URL": self.database_url,
             "CLICKHOUSE_URL": self.clickhouse_url, "EVENTS_TOPIC": self.topic, "DLQ_TOPIC": self.dlq_topic,
             "PIPELINE_ID": self.pipeline_id, "PYTHONPATH": str(REPO), "LOG_LEVEL": "warning",
+            "STATE_DIR": str(self.tmp / "state"),
         })
         env.update(extra)
         return env

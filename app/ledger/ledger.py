@@ -27,6 +27,23 @@ from app.ledger.identity import batch_id as make_batch_id
 log = structlog.get_logger("ledger")
 
 
+class PartitionFenced(OwnershipLost):
+    """A checkpoint named partitions that a newer owner generation has claimed since."""
+
+    def __init__(self, message: str, partitions: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.partitions = partitions
+
+
+def checkpoint_ref(checkpoint_id: int, created_at_us: int) -> str:
+    """Identity of a committed checkpoint that local state can record and compare.
+
+    The id alone is not enough: a recreated ledger database restarts the bigserial, and a
+    stale local store must never match a new ledger's checkpoint by accident.
+    """
+    return f"{checkpoint_id}@{created_at_us}"
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionClaim:
     """What a new owner of a partition starts from."""
@@ -35,6 +52,7 @@ class PartitionClaim:
     owner_generation: int
     next_offset: int
     max_event_time_ms: int | None
+    last_checkpoint: str | None = None  # checkpoint_ref of the last commit that advanced it
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +95,7 @@ class CommitResult:
     rows: int
     seconds: float
     already_committed: bool = False
+    checkpoint_ref: str | None = None   # see checkpoint_ref(); also set when already_committed
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,42 +147,136 @@ class Ledger:
         """Take ownership: bump the owner generation so an older owner's commits fail."""
         def tx(conn: psycopg.Connection[Any]) -> PartitionClaim:
             row = conn.execute(
-                """INSERT INTO partition_state (pipeline_id, topic, partition, owner_generation, owner)
-                   VALUES (%s, %s, %s, 1, %s)
-                   ON CONFLICT (pipeline_id, topic, partition) DO UPDATE
-                     SET owner_generation = partition_state.owner_generation + 1,
-                         owner = EXCLUDED.owner, updated_at = now()
-                   RETURNING owner_generation, next_offset, max_event_time_ms""",
+                """WITH claimed AS (
+                     INSERT INTO partition_state (pipeline_id, topic, partition, owner_generation, owner)
+                     VALUES (%s, %s, %s, 1, %s)
+                     ON CONFLICT (pipeline_id, topic, partition) DO UPDATE
+                       SET owner_generation = partition_state.owner_generation + 1,
+                           owner = EXCLUDED.owner, updated_at = now()
+                     RETURNING owner_generation, next_offset, max_event_time_ms, last_checkpoint_id)
+                   SELECT c.owner_generation, c.next_offset, c.max_event_time_ms, c.last_checkpoint_id,
+                          (extract(epoch FROM lc.created_at) * 1000000)::bigint
+                   FROM claimed c LEFT JOIN ledger_checkpoint lc ON lc.checkpoint_id = c.last_checkpoint_id""",
                 (self.pipeline_id, self.topic, partition, owner)).fetchone()
             assert row is not None
+            ref = None if row[3] is None or row[4] is None else checkpoint_ref(int(row[3]), int(row[4]))
             return PartitionClaim(partition, int(row[0]), int(row[1]),
-                                  None if row[2] is None else int(row[2]))
+                                  None if row[2] is None else int(row[2]), ref)
         return self._run(tx)  # type: ignore[no-any-return]
 
     def restore_windows(self, partition: int) -> Iterator[pa.Table]:
         """The partition's windows as committed: its latest snapshot, then every batch
-        committed after it, in checkpoint order (each row a window's full value)."""
-        def tx(conn: psycopg.Connection[Any]) -> list[bytes]:
+        committed after it, in checkpoint order (each row a window's full value).
+
+        Streamed one payload at a time, so memory is bounded by the largest chunk or batch,
+        not by the partition's state. The plan (which snapshot, which batches) is read in
+        one transaction; the payloads it names are immutable, and the snapshot's chunks
+        cannot be replaced under us: only the owner publishes a snapshot (fenced by the
+        owner generation), and the caller claimed the partition before restoring.
+        """
+        def plan(conn: psycopg.Connection[Any]) -> tuple[int, int, bytes | None, list[int]]:
             snap = conn.execute(
-                """SELECT checkpoint_id, payload FROM window_snapshot
+                """SELECT checkpoint_id, chunks, CASE WHEN chunks = 0 THEN payload END FROM window_snapshot
                    WHERE pipeline_id = %s AND topic = %s AND partition = %s""",
                 (self.pipeline_id, self.topic, partition)).fetchone()
-            since = -1
-            payloads: list[bytes] = []
+            since, chunks, whole = -1, 0, None
             if snap is not None:
-                since = int(snap[0])
-                payloads.append(bytes(snap[1]))
-            for (payload,) in conn.execute(
-                    """SELECT payload FROM sink_batch
-                       WHERE pipeline_id = %s AND topic = %s AND source = 'live'
-                         AND checkpoint_id > %s AND %s = ANY(partitions)
-                       ORDER BY checkpoint_id, table_name""",
-                    (self.pipeline_id, self.topic, since, partition)):
-                payloads.append(bytes(payload))
-            return payloads
-        for payload in self._run(tx):
-            table = window_rows.decode(payload)
-            yield table.filter(pc.equal(table.column("partition"), partition))
+                since, chunks = int(snap[0]), int(snap[1])
+                whole = None if snap[2] is None else bytes(snap[2])
+            batches = [int(b) for (b,) in conn.execute(
+                """SELECT batch_id FROM sink_batch
+                   WHERE pipeline_id = %s AND topic = %s AND source = 'live'
+                     AND checkpoint_id > %s AND %s = ANY(partitions)
+                   ORDER BY checkpoint_id, table_name""",
+                (self.pipeline_id, self.topic, since, partition))]
+            return since, chunks, whole, batches
+
+        since, chunks, whole, batches = self._run(plan)
+        if whole is not None:
+            yield _rows_of(window_rows.decode(whole), partition)
+        for chunk in range(chunks):
+            yield _rows_of(window_rows.decode(self._snapshot_chunk(partition, since, chunk)), partition)
+        for batch in batches:
+            yield _rows_of(window_rows.decode(self._batch_payload(batch)), partition)
+
+    def _batch_payload(self, batch: int) -> bytes:
+        def tx(conn: psycopg.Connection[Any]) -> bytes:
+            row = conn.execute("SELECT payload FROM sink_batch WHERE pipeline_id = %s AND batch_id = %s",
+                               (self.pipeline_id, batch)).fetchone()
+            if row is None or row[0] is None:
+                raise InvariantViolation(f"batch {batch} has no payload: the partition's state cannot be restored")
+            return bytes(row[0])
+        return self._run(tx)  # type: ignore[no-any-return]
+
+    def _snapshot_chunk(self, partition: int, checkpoint_id: int, chunk: int) -> bytes:
+        def tx(conn: psycopg.Connection[Any]) -> bytes:
+            row = conn.execute(
+                """SELECT payload FROM window_snapshot_chunk
+                   WHERE pipeline_id = %s AND topic = %s AND partition = %s AND checkpoint_id = %s
+                     AND chunk = %s""",
+                (self.pipeline_id, self.topic, partition, checkpoint_id, chunk)).fetchone()
+            if row is None:
+                raise InvariantViolation(f"snapshot of partition {partition} at checkpoint {checkpoint_id} "
+                                         f"lacks chunk {chunk}")
+            return bytes(row[0])
+        return self._run(tx)  # type: ignore[no-any-return]
+
+    def write_snapshot_chunk(self, partition: int, checkpoint_id: int, chunk: int, table: pa.Table) -> None:
+        """One bounded piece of a partition's snapshot; invisible until publish_snapshot."""
+        def tx(conn: psycopg.Connection[Any]) -> None:
+            conn.execute(
+                """INSERT INTO window_snapshot_chunk (pipeline_id, topic, partition, checkpoint_id, chunk,
+                     window_count, payload) VALUES (%s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (pipeline_id, topic, partition, checkpoint_id, chunk) DO UPDATE
+                     SET window_count = EXCLUDED.window_count, payload = EXCLUDED.payload""",
+                (self.pipeline_id, self.topic, partition, checkpoint_id, chunk, table.num_rows,
+                 window_rows.encode(table)))
+        self._run(tx)
+
+    def publish_snapshot(self, partition: int, checkpoint_id: int, chunks: int, owner_generation: int) -> bool:
+        """Make the chunks written for `checkpoint_id` the partition's snapshot, atomically,
+        and delete every other chunk of the partition. Fenced like a commit: only the
+        current owner may publish (a zombie's snapshot is still correct for its
+        checkpoint, but deleting chunks a restoring owner is reading would not be).
+        Returns False when a snapshot of the same or a later checkpoint is already there."""
+        def tx(conn: psycopg.Connection[Any]) -> bool:
+            row = conn.execute(
+                """SELECT owner_generation FROM partition_state
+                   WHERE pipeline_id = %s AND topic = %s AND partition = %s FOR UPDATE""",
+                (self.pipeline_id, self.topic, partition)).fetchone()
+            if row is None or int(row[0]) != owner_generation:
+                raise PartitionFenced(f"partition {partition} is owned by generation "
+                                      f"{None if row is None else row[0]}, not {owner_generation}", (partition,))
+            conn.execute(  # leftovers of an abandoned attempt at the same checkpoint, if any
+                """DELETE FROM window_snapshot_chunk WHERE pipeline_id = %s AND topic = %s AND partition = %s
+                     AND checkpoint_id = %s AND chunk >= %s""",
+                (self.pipeline_id, self.topic, partition, checkpoint_id, chunks))
+            (written, windows) = conn.execute(
+                """SELECT count(*), coalesce(sum(window_count), 0) FROM window_snapshot_chunk
+                   WHERE pipeline_id = %s AND topic = %s AND partition = %s AND checkpoint_id = %s""",
+                (self.pipeline_id, self.topic, partition, checkpoint_id)).fetchone()  # type: ignore[misc]
+            if int(written) != chunks:
+                raise InvariantViolation(f"snapshot of partition {partition} at checkpoint {checkpoint_id}: "
+                                         f"{written} chunks written, {chunks} expected")
+            published = conn.execute(
+                """INSERT INTO window_snapshot AS s (pipeline_id, topic, partition, checkpoint_id, window_count,
+                     payload, chunks) VALUES (%s, %s, %s, %s, %s, '', %s)
+                   ON CONFLICT (pipeline_id, topic, partition) DO UPDATE
+                     SET checkpoint_id = EXCLUDED.checkpoint_id, window_count = EXCLUDED.window_count,
+                         payload = '', chunks = EXCLUDED.chunks, created_at = now()
+                     WHERE s.checkpoint_id < EXCLUDED.checkpoint_id
+                   RETURNING checkpoint_id""",
+                (self.pipeline_id, self.topic, partition, checkpoint_id, int(windows), chunks)).fetchone()
+            keep = checkpoint_id if published is not None else conn.execute(
+                """SELECT checkpoint_id FROM window_snapshot
+                   WHERE pipeline_id = %s AND topic = %s AND partition = %s""",
+                (self.pipeline_id, self.topic, partition)).fetchone()[0]  # type: ignore[index]
+            conn.execute(
+                """DELETE FROM window_snapshot_chunk
+                   WHERE pipeline_id = %s AND topic = %s AND partition = %s AND checkpoint_id <> %s""",
+                (self.pipeline_id, self.topic, partition, keep))
+            return published is not None
+        return self._run(tx)  # type: ignore[no-any-return]
 
     def commit(self, cp: Checkpoint) -> CommitResult:
         """Commit one checkpoint atomically. The steps, in order:
@@ -183,32 +296,44 @@ class Ledger:
         def tx(conn: psycopg.Connection[Any]) -> CommitResult:
             # 1. lock + fence
             parts = [a.partition for a in cp.advances]
-            current = {int(r[0]): (int(r[1]), int(r[2])) for r in conn.execute(
-                """SELECT partition, owner_generation, next_offset FROM partition_state
-                   WHERE pipeline_id = %s AND topic = %s AND partition = ANY(%s)
-                   ORDER BY partition FOR UPDATE""",
+            current = {int(r[0]): (int(r[1]), int(r[2]), r[3], r[4]) for r in conn.execute(
+                """SELECT ps.partition, ps.owner_generation, ps.next_offset, ps.last_checkpoint_id,
+                          (extract(epoch FROM lc.created_at) * 1000000)::bigint
+                   FROM partition_state ps
+                   LEFT JOIN ledger_checkpoint lc ON lc.checkpoint_id = ps.last_checkpoint_id
+                   WHERE ps.pipeline_id = %s AND ps.topic = %s AND ps.partition = ANY(%s)
+                   ORDER BY ps.partition FOR UPDATE OF ps""",
                 (self.pipeline_id, self.topic, parts))}
-            landed = 0
+            missing = [a.partition for a in cp.advances if a.partition not in current]
+            if missing:
+                raise InvariantViolation(f"partitions {missing} have no ledger row (never claimed)")
+            fenced = tuple(a.partition for a in cp.advances if current[a.partition][0] != a.owner_generation)
+            if fenced:
+                # nothing is written: the whole checkpoint aborts, the caller drops these
+                # partitions and commits the others again
+                raise PartitionFenced(
+                    "partitions owned by a newer generation: " + ", ".join(
+                        f"{a.partition} (ledger {current[a.partition][0]}, ours {a.owner_generation})"
+                        for a in cp.advances if a.partition in fenced), fenced)
+            landed = [a for a in cp.advances
+                      if current[a.partition][1] == a.next_offset and a.next_offset != a.from_offset]
             for a in cp.advances:
-                if a.partition not in current:
-                    raise InvariantViolation(f"partition {a.partition} has no ledger row (never claimed)")
-                generation, next_offset = current[a.partition]
-                if generation != a.owner_generation:
-                    raise OwnershipLost(f"partition {a.partition} is owned by generation {generation}, "
-                                        f"not {a.owner_generation}")
-                if next_offset == a.next_offset and a.next_offset != a.from_offset:
-                    landed += 1
-                elif next_offset != a.from_offset:
-                    raise InvariantViolation(f"partition {a.partition}: ledger at offset {next_offset}, "
+                if a not in landed and current[a.partition][1] != a.from_offset:
+                    raise InvariantViolation(f"partition {a.partition}: ledger at offset {current[a.partition][1]}, "
                                              f"checkpoint starts at {a.from_offset}")
             if landed:
-                if landed != len(cp.advances):
+                # a retry of a commit whose COMMIT reached Postgres but whose answer did not
+                refs = {(current[a.partition][2], current[a.partition][3]) for a in landed}
+                if len(landed) != len(cp.advances) or len(refs) != 1 or None in next(iter(refs)):
                     raise InvariantViolation("checkpoint partly landed: impossible in one transaction")
-                return CommitResult(-1, (), 0, 0.0, already_committed=True)
+                (landed_id, landed_us), = refs
+                return CommitResult(int(landed_id), (), 0, 0.0, already_committed=True,
+                                    checkpoint_ref=checkpoint_ref(int(landed_id), int(landed_us)))
             # 2. the checkpoint id = version
-            (checkpoint_id,) = conn.execute(
+            (checkpoint_id, created_us) = conn.execute(
                 """INSERT INTO ledger_checkpoint (pipeline_id, source, topic, partitions, records)
-                   VALUES (%s, %s, %s, %s, %s) RETURNING checkpoint_id""",
+                   VALUES (%s, %s, %s, %s, %s)
+                   RETURNING checkpoint_id, (extract(epoch FROM created_at) * 1000000)::bigint""",
                 (self.pipeline_id, cp.source, cp.topic, parts, cp.records)).fetchone()  # type: ignore[misc]
             # 3. sink batches
             ranges = cp.offset_ranges
@@ -253,16 +378,17 @@ class Ledger:
                        VALUES (%s, %s, %s, %s, %s, %s)
                        ON CONFLICT (pipeline_id, topic, partition) DO UPDATE
                          SET checkpoint_id = EXCLUDED.checkpoint_id, window_count = EXCLUDED.window_count,
-                             payload = EXCLUDED.payload, created_at = now()""",
+                             payload = EXCLUDED.payload, chunks = 0, created_at = now()""",
                     (self.pipeline_id, cp.topic, partition, checkpoint_id, snap.num_rows,
                      window_rows.encode(snap)))
             crash_point("checkpoint.inside_commit")  # everything written, COMMIT not yet sent
-            return CommitResult(int(checkpoint_id), tuple(batch_ids), total_rows, 0.0)
+            return CommitResult(int(checkpoint_id), tuple(batch_ids), total_rows, 0.0,
+                                checkpoint_ref=checkpoint_ref(int(checkpoint_id), int(created_us)))
 
         # 7. commit happens when the transaction block exits
         result: CommitResult = self._run(tx)
         return CommitResult(result.checkpoint_id, result.batch_ids, result.rows,
-                            time.monotonic() - started, result.already_committed)
+                            time.monotonic() - started, result.already_committed, result.checkpoint_ref)
 
     def pending_rows(self) -> int:
         """Rows committed but not yet acknowledged by ClickHouse (backpressure input)."""
@@ -355,6 +481,10 @@ class Ledger:
                 (self.pipeline_id,)).fetchone()
             return (row is not None and row[0] is not None), pending is not None
         return self._run(tx)  # type: ignore[no-any-return]
+
+
+def _rows_of(table: pa.Table, partition: int) -> pa.Table:
+    return table.filter(pc.equal(table.column("partition"), partition))
 
 
 def _sum(table: pa.Table, column: str) -> int:

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 import structlog
 
-from app.core.config import (ArgumentParser, add_runtime_args, add_service_args, duration_arg,
-                             duration_ms_arg, positive_int_arg, service_settings)
+from app.core.config import (
+    ArgumentParser,
+    add_lateness_args,
+    add_runtime_args,
+    add_service_args,
+    duration_arg,
+    duration_ms_arg,
+    lateness_flags,
+    non_negative_int_arg,
+    positive_int_arg,
+    service_settings,
+)
 from app.core.errors import FatalError, PipelineError
 from app.core.logging import configure_logging
 from app.core.metrics import serve_metrics
 from app.processor.engine import Processor, ProcessorConfig
+from app.processor.leveldb_store import LevelDBOptions
 from app.processor.windows import LatenessPolicy
 
 
@@ -22,15 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(account_id, country), and commit changed windows, offsets and DLQ counts "
                                    "to the Postgres ledger in one transaction per checkpoint.")
     add_service_args(p)
-    w = p.add_argument_group("windows and watermark")
-    w.add_argument("--max-out-of-orderness", type=duration_ms_arg, default=5_000, metavar="DURATION",
-                   help="watermark = max event time seen in the partition minus this (default 5s)")
-    w.add_argument("--allowed-lateness", type=duration_ms_arg, default=60_000, metavar="DURATION",
-                   help="events for a window ending at or before watermark - this go to the DLQ (default 60s)")
-    w.add_argument("--allowed-lateness-minute", type=duration_ms_arg, default=None, metavar="DURATION",
-                   help="override --allowed-lateness for minute windows")
-    w.add_argument("--allowed-lateness-hour", type=duration_ms_arg, default=None, metavar="DURATION",
-                   help="override --allowed-lateness for hour windows")
+    add_lateness_args(p, "windows and watermark")
     b = p.add_argument_group("checkpoints and batches")
     b.add_argument("--batch-max-wait", type=duration_arg, default=1.0, metavar="DURATION",
                    help="emit changed windows and commit a checkpoint at least this often (default 1s)")
@@ -39,9 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--poll-records", type=positive_int_arg, default=10_000,
                    help="records per consume() call (default %(default)s)")
     b.add_argument("--snapshot-interval", type=duration_arg, default=60.0, metavar="DURATION",
-                   help="store a full snapshot of each partition's open windows this often (default 60s)")
+                   help="start a snapshot of each partition's open windows in the ledger this long after the "
+                        "previous one finished; a new owner restores from it plus later batches (default 60s)")
     b.add_argument("--max-pending-rows", type=positive_int_arg, default=2_000_000,
                    help="pause Kafka reads while more rows than this await ClickHouse (default %(default)s)")
+    b.add_argument("--max-pending-bytes", type=non_negative_int_arg, default=1 << 30,
+                   help="... or while their ledger payloads exceed this many bytes, 0 = no byte bound "
+                        "(default %(default)s); reads resume at half of both bounds")
+    st = p.add_argument_group("window state (docs/state-and-rebalancing.md)")
+    st.add_argument("--state-store", choices=["leveldb", "memory"], default="leveldb",
+                    help="where open windows live: leveldb = on local disk, memory bounded by the options "
+                         "below; memory = Python dicts, grows with the number of open windows "
+                         "(default %(default)s)")
+    st.add_argument("--state-dir", type=Path, default=os.environ.get("STATE_DIR") or None, metavar="DIR",
+                    help="LevelDB state directory; each live process takes its own slot-N inside it and a "
+                         "restarted one finds its state again [STATE_DIR, default "
+                         "<repo>/.data/state/<pipeline-id>]")
+    st.add_argument("--state-cache-mb", type=positive_int_arg, default=32, metavar="MB",
+                    help="LevelDB block cache per owned partition (default %(default)s)")
+    st.add_argument("--state-write-buffer-mb", type=positive_int_arg, default=8, metavar="MB",
+                    help="LevelDB write buffer per owned partition; up to two are in memory "
+                         "(default %(default)s)")
+    st.add_argument("--snapshot-chunk-rows", type=positive_int_arg, default=100_000,
+                    help="windows per snapshot chunk written to the ledger, one chunk per loop turn "
+                         "(default %(default)s)")
     p.add_argument("--dlq-partitions", type=positive_int_arg, default=1,
                    help="partitions of the DLQ topic when the processor creates it (default 1)")
     p.add_argument("--session-timeout", type=duration_ms_arg, default=10_000, metavar="DURATION",
@@ -58,17 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     log = structlog.get_logger("processor")
-    policy = LatenessPolicy(
-        max_out_of_orderness_ms=args.max_out_of_orderness,
-        allowed_lateness_minute_ms=(args.allowed_lateness if args.allowed_lateness_minute is None
-                                    else args.allowed_lateness_minute),
-        allowed_lateness_hour_ms=(args.allowed_lateness if args.allowed_lateness_hour is None
-                                  else args.allowed_lateness_hour))
+    flags = lateness_flags(args)
+    policy = LatenessPolicy(flags.max_out_of_orderness_ms, flags.allowed_lateness_minute_ms,
+                            flags.allowed_lateness_hour_ms)
     cfg = ProcessorConfig(services=service_settings(args), policy=policy, batch_max_wait_s=args.batch_max_wait,
                           batch_rows=args.batch_rows, poll_records=args.poll_records,
                           snapshot_interval_s=args.snapshot_interval, max_pending_rows=args.max_pending_rows,
+                          max_pending_bytes=args.max_pending_bytes,
                           until_end=args.until_end, dlq_partitions=args.dlq_partitions,
-                          session_timeout_ms=args.session_timeout)
+                          session_timeout_ms=args.session_timeout, state_store=args.state_store,
+                          state_dir=args.state_dir,
+                          leveldb=LevelDBOptions(cache_bytes=args.state_cache_mb << 20,
+                                                 write_buffer_bytes=args.state_write_buffer_mb << 20),
+                          snapshot_chunk_rows=args.snapshot_chunk_rows)
     serve_metrics(args.metrics_port, args.metrics_host)
     try:
         return Processor(cfg).run()

@@ -5,7 +5,11 @@ partition's watermark (contract §3), fold the valid ones into window deltas, se
 and invalid ones to the DLQ. Every `batch_max_wait` (or when `batch_rows` windows changed)
 a checkpoint commits, in one Postgres transaction, the changed windows as sink batches,
 the offsets and watermarks that produced them and the DLQ counts. Kafka offsets are
-never committed to Kafka: on assignment each partition is restored from the ledger.
+never committed to Kafka: on assignment each partition's offset comes from the ledger,
+and its window state is the local LevelDB store if that store reflects exactly the
+ledger's last checkpoint of the partition, else it is rebuilt from the ledger
+(docs/state-and-rebalancing.md). Snapshots of the state go to the ledger in chunks, one
+chunk per loop turn, so a partition of 10M windows never stalls the loop.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -23,14 +29,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from app.core import metrics
 from app.core.config import ServiceSettings
-from app.core.errors import FatalError, OwnershipLost, RetryableError
+from app.core.errors import FatalError
 from app.core.faults import crash_point
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
 from app.core.retry import Backoff, retry_call
-from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance
-from app.ledger.rows import WindowRow, iter_rows, rows_to_table
+from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
+from app.ledger.rows import WINDOW_ROW_SCHEMA, WindowRow, rows_to_table
 from app.processor.decode import InvalidEvent, decode_event
 from app.processor.dlq import DeadLetters
+from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore, StateSlot
 from app.processor.state import InMemoryWindowStore, WindowKey, WindowStore
 from app.processor.windows import KINDS, LatenessPolicy, WindowKind
 
@@ -46,10 +53,29 @@ class ProcessorConfig:
     poll_records: int = 10_000
     snapshot_interval_s: float = 60.0
     max_pending_rows: int = 2_000_000
+    max_pending_bytes: int = 1 << 30     # payload bytes awaiting ClickHouse; 0 = no byte bound
+    backpressure_check_s: float = 0.5    # how often the ledger backlog is read
+    lag_check_s: float = 5.0             # how often consumer lag is published
     until_end: bool = False
     dlq_partitions: int = 1
     session_timeout_ms: int = 10_000
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    state_store: str = "leveldb"           # "leveldb" (state beyond RAM) or "memory"
+    state_dir: Path | None = None          # None: <repo>/.data/state/<pipeline_id>
+    leveldb: LevelDBOptions = field(default_factory=LevelDBOptions)
+    snapshot_chunk_rows: int = 100_000
+
+
+@dataclass(slots=True)
+class SnapshotJob:
+    """A chunked snapshot of one partition's windows as of checkpoint `checkpoint_id`,
+    written one chunk per loop turn and published (made the restore base) at the end."""
+
+    checkpoint_id: int
+    chunks: Iterator[pa.Table]
+    written: int = 0
+    rows: int = 0
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -65,6 +91,7 @@ class OwnedPartition:
     watermark_ms: int | None
     dlq_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     last_snapshot_at: float = field(default_factory=time.monotonic)
+    snapshot: SnapshotJob | None = None
 
 
 class Processor:
@@ -84,7 +111,9 @@ class Processor:
         self.stopping = False
         self.end_offsets: dict[int, int] = {}
         self._last_checkpoint = time.monotonic()
+        self._last_end_check = 0.0
         self._dirty_estimate = 0
+        self.slot: StateSlot | None = None
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -100,9 +129,13 @@ class Processor:
             retry_call(lambda: self.ledger.start_run(self.end_offsets), what="postgres_start_run",
                        should_stop=lambda: self.stopping)
             log.info("until_end_target", end_offsets=self.end_offsets, records=sum(self.end_offsets.values()))
+        if self.cfg.state_store == "leveldb":
+            from app.core.config import DEFAULT_DATA_DIR
+            self.slot = StateSlot(self.cfg.state_dir or DEFAULT_DATA_DIR / "state" / s.pipeline_id)
         self.consumer.subscribe([s.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
-        log.info("processor_started", instance=self.cfg.instance_id, **s.masked())
+        log.info("processor_started", instance=self.cfg.instance_id, state_store=self.cfg.state_store,
+                 state_dir=None if self.slot is None else str(self.slot.path), **s.masked())
         try:
             while not self.stopping:
                 self._backpressure()
@@ -112,10 +145,12 @@ class Processor:
                 self.dlq.poll()
                 if self._checkpoint_due():
                     self.checkpoint()
+                else:
+                    self._snapshot_step()
                 if self.cfg.until_end and self._reached_end():
                     log.info("until_end_reached")
                     break
-            self.checkpoint(force_snapshot=True)
+            self.checkpoint()
         finally:
             self._close()
         return 0
@@ -129,9 +164,10 @@ class Processor:
             self.consumer.close()  # revokes: _on_revoke has nothing left to commit
         except (KafkaException, RuntimeError) as e:
             log.warning("consumer_close_failed", error=str(e))
-        for owned in self.owned.values():
-            owned.store.close()
-        self.owned.clear()
+        for p in list(self.owned):
+            self._release(p, reason="shutdown")
+        if self.slot is not None:
+            self.slot.release()
         self.ledger.close()
 
     # ---- rebalance --------------------------------------------------------
@@ -145,41 +181,88 @@ class Processor:
         consumer.incremental_assign(tps)
         if self.paused:
             consumer.pause(tps)
+        else:
+            consumer.resume(tps)  # a partition paused when it was fenced comes back unpaused
+        metrics.OWNED_PARTITIONS.set(len(self.owned))
         log.info("partitions_assigned", partitions=[tp.partition for tp in tps],
                  offsets={tp.partition: tp.offset for tp in tps})
 
+    def _open_store(self, partition: int) -> WindowStore:
+        if self.slot is None:
+            return InMemoryWindowStore(partition)
+        return LevelDBWindowStore(partition, self.slot.partition_dir(self.cfg.services.events_topic, partition),
+                                  self.cfg.leveldb)
+
     def _restore(self, partition: int) -> OwnedPartition:
+        """Claim the partition (fencing older owners), then reconcile its state with the ledger:
+        the local store is used as it is only if it reflects exactly the ledger's last
+        checkpoint of the partition; otherwise it is discarded and rebuilt from the ledger
+        (latest snapshot + later batches). Offsets always come from the ledger."""
         started = time.monotonic()
         claim = self.ledger.claim_partition(partition, self.cfg.instance_id)
-        store = InMemoryWindowStore(partition)
-        for table in self.ledger.restore_windows(partition):
-            store.load(iter_rows(table))
-        watermark = self.cfg.policy.watermark_ms(claim.max_event_time_ms)
-        store.drop_final(self.cfg.policy, watermark)
-        log.info("partition_restored", partition=partition, generation=claim.owner_generation,
-                 next_offset=claim.next_offset, watermark_ms=watermark, windows=store.open_windows(),
-                 seconds=round(time.monotonic() - started, 3))
+        store = self._open_store(partition)
+        try:
+            local = store.committed_ref()
+            reused = claim.last_checkpoint is not None and local == claim.last_checkpoint
+            restored_rows = 0
+            if not reused:
+                store.reset()
+                for table in self.ledger.restore_windows(partition):
+                    store.load_table(table)
+                    restored_rows += table.num_rows
+            watermark = self.cfg.policy.watermark_ms(claim.max_event_time_ms)
+            store.drop_final(self.cfg.policy, watermark)
+            if not reused and claim.last_checkpoint is not None:
+                store.commit(claim.last_checkpoint, claim.next_offset)  # now exactly that checkpoint
+            windows = store.open_windows()
+        except BaseException:
+            store.close()
+            raise
+        mode = "reused" if reused else "rebuilt"
+        seconds = time.monotonic() - started
+        metrics.STATE_RESTORES.labels(mode=mode).inc()
+        metrics.STATE_RESTORE_SECONDS.labels(mode=mode).observe(seconds)
+        log.info("partition_restored", partition=partition, generation=claim.owner_generation, state=mode,
+                 ledger_checkpoint=claim.last_checkpoint, local_checkpoint=local, restored_rows=restored_rows,
+                 next_offset=claim.next_offset, watermark_ms=watermark, windows=windows,
+                 seconds=round(seconds, 3))
         return OwnedPartition(partition, claim.owner_generation, store, claim.next_offset, claim.next_offset,
                               claim.max_event_time_ms, watermark)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [tp.partition for tp in partitions if tp.partition in self.owned]
         if revoked:
-            try:
-                self.checkpoint(force_snapshot=True)
-            except OwnershipLost as e:
-                log.warning("revoke_commit_fenced", error=str(e))
+            self.checkpoint()  # what is done is committed; a fenced partition is dropped inside
         for p in revoked:
-            self.owned.pop(p).store.close()
+            self._release(p, reason="revoked")
         log.info("partitions_revoked", partitions=revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Another owner may already have them: drop local state, commit nothing.
+        # Another owner may already have them: drop local state, commit nothing. The local
+        # store stays on disk; reconciliation decides whether it can ever be used again.
         for tp in partitions:
-            owned = self.owned.pop(tp.partition, None)
-            if owned is not None:
-                owned.store.close()
+            self._release(tp.partition, reason="lost")
         log.warning("partitions_lost", partitions=[tp.partition for tp in partitions])
+
+    def _release(self, partition: int, *, reason: str) -> None:
+        """Forget a partition: abandon its snapshot, close its store (LevelDB stays on disk)."""
+        owned = self.owned.pop(partition, None)
+        if owned is None:
+            return
+        if owned.snapshot is not None:
+            close = getattr(owned.snapshot.chunks, "close", None)
+            if close is not None:
+                close()
+            owned.snapshot = None
+        owned.store.close()
+        metrics.OWNED_PARTITIONS.set(len(self.owned))
+        if reason == "fenced":
+            metrics.PARTITIONS_FENCED.inc()
+            try:  # stop fetching it until the group assigns it to us again
+                self.consumer.pause([TopicPartition(self.cfg.services.events_topic, partition)])
+            except KafkaException as e:
+                log.warning("pause_fenced_partition_failed", partition=partition, error=str(e))
+        log.info("partition_released", partition=partition, reason=reason)
 
     # ---- the hot path -----------------------------------------------------
 
@@ -253,12 +336,19 @@ class Processor:
         return (time.monotonic() - self._last_checkpoint >= self.cfg.batch_max_wait_s
                 or self._dirty_estimate >= self.cfg.batch_rows)
 
-    def checkpoint(self, *, force_snapshot: bool = False) -> None:
-        """Emit changed windows and commit them with their offsets (see Ledger.commit)."""
+    def checkpoint(self) -> None:
+        """Emit changed windows and commit them with their offsets (see Ledger.commit).
+
+        Local state and ledger: the pending values are written to LevelDB first, marked
+        "prepared" (LevelDB may now be ahead of the ledger); the ledger commit is the
+        commit point; then LevelDB is marked with the committed checkpoint. A crash
+        anywhere in between leaves a store that reconciliation will not trust.
+        A partition fenced by a newer owner aborts the whole commit: its state is
+        dropped and the other partitions are committed again, at once.
+        """
         self._last_checkpoint = time.monotonic()
         self._dirty_estimate = 0
-        advances, emitted, snapshots, dlq_counts = [], [], {}, {}
-        now = time.monotonic()
+        advances, emitted, dlq_counts = [], [], {}
         for owned in self.owned.values():
             rows = owned.store.take_dirty()
             if owned.next_offset == owned.committed_offset and not rows:
@@ -268,59 +358,150 @@ class Processor:
                                              owned.max_event_time_ms, owned.watermark_ms, owned.generation))
             for (reason, kind), n in owned.dlq_counts.items():
                 dlq_counts[(owned.partition, reason, kind)] = n
-            if force_snapshot or now - owned.last_snapshot_at >= self.cfg.snapshot_interval_s:
-                snapshots[owned.partition] = owned.store.snapshot()
         if not advances:
             return
         cp = Checkpoint(source="live", topic=self.cfg.services.events_topic, advances=tuple(advances),
-                        tables=_tables_by_kind(emitted), dlq_counts=dlq_counts, snapshots=snapshots)
+                        tables=_tables_by_kind(emitted), dlq_counts=dlq_counts)
         crash_point("checkpoint.before_dlq_flush")
         # DLQ records of this checkpoint are in Kafka before the ledger counts them.
         retry_call(self.dlq.flush, what="kafka_dlq_flush")
+        for a in advances:
+            self.owned[a.partition].store.prepare(a.next_offset)
+        crash_point("state.after_local_before_commit")
         crash_point("checkpoint.before_commit")
-        result = retry_call(lambda: self.ledger.commit(cp), what="postgres_checkpoint_commit",
-                            backoff=Backoff(0.2, 5.0))
+        try:
+            result = retry_call(lambda: self.ledger.commit(cp), what="postgres_checkpoint_commit",
+                                backoff=Backoff(0.2, 5.0))
+        except PartitionFenced as e:
+            for a in advances:
+                self.owned[a.partition].store.abort()
+            log.warning("checkpoint_fenced", partitions=list(e.partitions), error=str(e))
+            for p in e.partitions:
+                self._release(p, reason="fenced")
+            self.checkpoint()  # the partitions still ours
+            return
         crash_point("checkpoint.after_commit")
+        crash_point("state.after_commit_before_local")
+        assert result.checkpoint_ref is not None
+        now = time.monotonic()
         for a in advances:
             owned = self.owned[a.partition]
+            owned.store.commit(result.checkpoint_ref, a.next_offset)
             owned.committed_offset = a.next_offset
             owned.dlq_counts.clear()
-            if a.partition in snapshots:
-                owned.last_snapshot_at = now
             owned.store.drop_final(self.cfg.policy, owned.watermark_ms)
+            if owned.snapshot is None and now - owned.last_snapshot_at >= self.cfg.snapshot_interval_s:
+                # the store holds exactly this checkpoint now; the chunks see this view only
+                owned.snapshot = SnapshotJob(result.checkpoint_id,
+                                             owned.store.snapshot_chunks(self.cfg.snapshot_chunk_rows))
             metrics.WATERMARK_MS.labels(partition=str(a.partition)).set(owned.watermark_ms or 0)
         metrics.CHECKPOINTS.labels(source="live").inc()
         metrics.CHECKPOINT_SECONDS.observe(result.seconds)
+        open_windows = [o.store.open_windows() for o in self.owned.values()]
+        for k in KINDS:
+            metrics.OPEN_WINDOWS.labels(window_kind=k.label).set(sum(w[k.label] for w in open_windows))
         log.info("checkpoint_committed", checkpoint_id=result.checkpoint_id, records=cp.records,
                  rows=result.rows, batches=len(result.batch_ids), partitions=len(advances),
-                 snapshots=len(snapshots), dlq=sum(dlq_counts.values()), seconds=round(result.seconds, 4),
+                 dlq=sum(dlq_counts.values()), seconds=round(result.seconds, 4),
                  already_committed=result.already_committed)
+
+    def _snapshot_step(self) -> None:
+        """Advance at most one partition's snapshot by one chunk (or publish it)."""
+        for owned in self.owned.values():
+            job = owned.snapshot
+            if job is not None:
+                break
+        else:
+            return
+        p = owned.partition
+        table = next(job.chunks, None)
+        if table is None and job.written == 0:
+            table = WINDOW_ROW_SCHEMA.empty_table()  # an empty state is one empty chunk
+        if table is not None:
+            retry_call(lambda: self.ledger.write_snapshot_chunk(p, job.checkpoint_id, job.written, table),
+                       what="postgres_snapshot_chunk")
+            job.written += 1
+            job.rows += table.num_rows
+            return
+        try:
+            published = retry_call(lambda: self.ledger.publish_snapshot(p, job.checkpoint_id, job.written,
+                                                                        owned.generation),
+                                   what="postgres_publish_snapshot")
+        except PartitionFenced as e:
+            log.warning("snapshot_fenced", partition=p, error=str(e))
+            self._release(p, reason="fenced")
+            return
+        owned.snapshot = None
+        owned.last_snapshot_at = time.monotonic()
+        metrics.SNAPSHOTS.inc()
+        log.info("snapshot_published", partition=p, checkpoint_id=job.checkpoint_id, chunks=job.written,
+                 windows=job.rows, published=published, seconds=round(owned.last_snapshot_at - job.started, 3))
 
     # ---- backpressure and end of run --------------------------------------
 
     def _backpressure(self) -> None:
-        """Pause reading while ClickHouse is behind: pending ledger rows above the bound."""
+        """Pause reading while ClickHouse is behind, instead of buffering: when the ledger's
+        unacknowledged work (rows, or payload bytes) exceeds its bound, every owned
+        partition is paused (the records wait in Kafka); at half the bound they resume.
+        Checked at most every `backpressure_check_s`; also publishes the backlog and
+        the consumer lag (end offset - next offset) of each owned partition."""
+        from app.ledger.insert_groups import pending_work  # the sink-side backlog query
+
         if not self.owned:
             return
-        pending = retry_call(self.ledger.pending_rows, what="postgres_pending_rows")
-        metrics.PENDING_ROWS.set(pending)
-        tps = [TopicPartition(self.cfg.services.events_topic, p) for p in self.owned]
-        if not self.paused and pending > self.cfg.max_pending_rows:
+        now = time.monotonic()
+        # throttle state lives on the instance, created on first use (keeps the loop untouched)
+        if now < getattr(self, "_backpressure_next_s", 0.0):
+            return
+        self._backpressure_next_s = now + self.cfg.backpressure_check_s
+        cfg = self.cfg
+        work = retry_call(lambda: pending_work(self.ledger), what="postgres_pending_work")
+        metrics.PENDING_ROWS.set(work.rows)
+        metrics.PENDING_BYTES.set(work.payload_bytes)
+        over = work.rows > cfg.max_pending_rows or (cfg.max_pending_bytes > 0
+                                                    and work.payload_bytes > cfg.max_pending_bytes)
+        drained = work.rows <= cfg.max_pending_rows // 2 and (cfg.max_pending_bytes == 0
+                                                              or work.payload_bytes <= cfg.max_pending_bytes // 2)
+        topic = cfg.services.events_topic
+        tps = [TopicPartition(topic, p) for p in self.owned]
+        if not self.paused and over:
             self.consumer.pause(tps)
             self.paused = True
-            log.warning("backpressure_paused", pending_rows=pending, bound=self.cfg.max_pending_rows)
-        elif self.paused and pending <= self.cfg.max_pending_rows // 2:
+            metrics.BACKPRESSURE_PAUSES.inc()
+            log.warning("backpressure_paused", pending_rows=work.rows, pending_bytes=work.payload_bytes,
+                        max_pending_rows=cfg.max_pending_rows, max_pending_bytes=cfg.max_pending_bytes,
+                        oldest_pending_s=round(work.oldest_age_s, 1), partitions=sorted(self.owned))
+        elif self.paused and drained:
             self.consumer.resume(tps)
             self.paused = False
-            log.info("backpressure_resumed", pending_rows=pending)
+            log.info("backpressure_resumed", pending_rows=work.rows, pending_bytes=work.payload_bytes,
+                     partitions=sorted(self.owned))
         metrics.PAUSED_PARTITIONS.set(len(tps) if self.paused else 0)
+        if now >= getattr(self, "_lag_next_s", 0.0):
+            self._lag_next_s = now + cfg.lag_check_s
+            for p, owned in self.owned.items():
+                try:
+                    # fetch responses keep the cached end offset fresh, except while paused
+                    _low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=1.0,
+                                                                     cached=not self.paused)
+                except KafkaException as e:
+                    log.debug("consumer_lag_unavailable", partition=p, error=str(e))
+                    continue
+                if high is not None and high >= 0:
+                    metrics.CONSUMER_LAG.labels(partition=str(p)).set(max(0, high - owned.next_offset))
 
     def _reached_end(self) -> bool:
+        """Every partition of the run at or past its end offset in the ledger, whoever
+        processed it: with several instances, each exits once all of them are there."""
         if any(o.next_offset < self.end_offsets.get(p, 0) for p, o in self.owned.items()):
             return False
+        now = time.monotonic()
+        if now - self._last_end_check < 0.5:
+            return False  # our partitions are done; others may not be: ask the ledger twice a second
+        self._last_end_check = now
         self.checkpoint()
-        reached, _finished = retry_call(self.ledger.run_reached_end, what="postgres_run_state")
-        if reached:
+        reached, finished = retry_call(self.ledger.run_reached_end, what="postgres_run_state")
+        if reached and not finished:
             retry_call(self.ledger.finish_run, what="postgres_finish_run")
         return reached
 

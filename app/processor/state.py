@@ -1,8 +1,21 @@
 """Open-window state of one input partition.
 
-`WindowStore` is the seam: the in-memory store below keeps everything in a dict; a
-LevelDB-backed store (state beyond RAM) implements the same protocol. Values are a
-window's full (event_count, sum_amount); `dirty` is what changed since the last checkpoint.
+`WindowStore` is the seam: the in-memory store below keeps everything in a dict; the
+LevelDB store (`leveldb_store.py`, state beyond RAM) implements the same protocol. Values
+are a window's full (event_count, sum_amount); `dirty` is what changed since the last
+checkpoint.
+
+Lifecycle of one checkpoint, as the processor drives it (docs/state-and-rebalancing.md):
+
+    take_dirty()          rows to emit; the dirty set becomes the pending set
+    prepare(next_offset)  durable local write of the pending values, marked "prepared"
+    -- Ledger.commit --   the commit point
+    commit(ref)           local state marked as reflecting checkpoint `ref`
+    abort()               (instead of commit, when the ledger refused) pending -> dirty again
+
+`committed_ref()` is what reconciliation compares with the ledger's last checkpoint of the
+partition: equal means the local state is exactly the ledger's; anything else (None,
+prepared, another ref) means it must be rebuilt from the ledger.
 """
 
 from __future__ import annotations
@@ -12,7 +25,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from app.ledger.rows import WindowRow, rows_to_table
+from app.ledger.rows import WindowRow, iter_rows, rows_to_table
 from app.processor.windows import KINDS, LatenessPolicy, WindowKind
 
 # (kind, window_start_ms, account_id, country)
@@ -22,20 +35,43 @@ WindowKey = tuple[int, int, int, str]
 class WindowStore(Protocol):
     partition: int
 
+    def committed_ref(self) -> str | None:
+        """The ledger checkpoint this store's content is exactly, or None if unknown."""
+
+    def reset(self) -> None:
+        """Forget everything (before a rebuild from the ledger)."""
+
     def fold(self, deltas: dict[WindowKey, list[int]]) -> None:
         """Add per-window (count, amount) increments from one micro-batch."""
 
     def take_dirty(self) -> list[WindowRow]:
-        """Full values of every window changed since the last call; clears the dirty set."""
+        """Full values of every window changed since the last call; they become pending."""
+
+    def prepare(self, next_offset: int) -> None:
+        """Write the pending values locally, marked as not yet committed."""
+
+    def commit(self, ref: str, next_offset: int) -> None:
+        """The ledger committed checkpoint `ref`: the local state now reflects it."""
+
+    def abort(self) -> None:
+        """The ledger refused the checkpoint: pending values are dirty again."""
 
     def drop_final(self, policy: LatenessPolicy, watermark_ms: int | None) -> int:
-        """Forget windows that can no longer change; returns how many were dropped."""
+        """Forget windows that can no longer change (never a dirty or pending one);
+        returns how many were dropped."""
+
+    def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:
+        """Every open window as of now, in tables of at most rows_per_chunk rows. The view
+        is fixed when this is called: later folds and commits do not show in it."""
 
     def snapshot(self) -> pa.Table:
-        """Every open window, for the ledger's snapshot."""
+        """Every open window in one table (small states and tests)."""
 
     def load(self, rows: Iterable[WindowRow]) -> None:
         """Restore committed values (later rows overwrite earlier ones)."""
+
+    def load_table(self, table: pa.Table) -> None:
+        """load() for a table of window rows (the ledger's payloads)."""
 
     def open_windows(self) -> dict[str, int]:
         """Count of open windows per kind label."""
@@ -44,12 +80,32 @@ class WindowStore(Protocol):
 
 
 class InMemoryWindowStore:
+    """Everything in dicts: fast, bounded only by the number of open windows. Nothing
+    survives the process, so `committed_ref()` is None and every assignment rebuilds."""
+
     def __init__(self, partition: int) -> None:
         self.partition = partition
         self._values: dict[WindowKey, list[int]] = {}
         self._dirty: set[WindowKey] = set()
+        self._pending: set[WindowKey] = set()
         # (kind, window_start_ms) -> keys, so finalisation touches only closed windows
         self._by_start: dict[tuple[int, int], set[WindowKey]] = {}
+
+    def committed_ref(self) -> str | None:
+        return None
+
+    def reset(self) -> None:
+        self.close()
+
+    def prepare(self, next_offset: int) -> None:
+        pass  # nothing durable to write
+
+    def commit(self, ref: str, next_offset: int) -> None:
+        self._pending = set()
+
+    def abort(self) -> None:
+        self._dirty |= self._pending
+        self._pending = set()
 
     def fold(self, deltas: dict[WindowKey, list[int]]) -> None:
         values, by_start = self._values, self._by_start
@@ -72,6 +128,7 @@ class InMemoryWindowStore:
         p, values = self.partition, self._values
         rows = [WindowRow(k[0], p, k[1] // 1000, k[2], k[3], values[k][0], values[k][1])
                 for k in self._dirty if k in values]
+        self._pending |= self._dirty
         self._dirty = set()
         return rows
 
@@ -92,6 +149,17 @@ class InMemoryWindowStore:
         return rows_to_table(WindowRow(k[0], p, k[1] // 1000, k[2], k[3], v[0], v[1])
                              for k, v in self._values.items())
 
+    def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:
+        # copied now: the dict keeps changing while the chunks are written
+        p, items = self.partition, list(self._values.items())
+        tables = [rows_to_table(WindowRow(k[0], p, k[1] // 1000, k[2], k[3], v[0], v[1])
+                                for k, v in items[i:i + rows_per_chunk])
+                  for i in range(0, len(items), rows_per_chunk)]
+        return iter(tables)
+
+    def load_table(self, table: pa.Table) -> None:
+        self.load(iter_rows(table))
+
     def load(self, rows: Iterable[WindowRow]) -> None:
         for r in rows:
             key = (r.kind, r.window_start_s * 1000, r.account_id, r.country)
@@ -111,4 +179,5 @@ class InMemoryWindowStore:
     def close(self) -> None:
         self._values.clear()
         self._dirty.clear()
+        self._pending.clear()
         self._by_start.clear()

@@ -1,0 +1,133 @@
+"""Zombie fencing: an instance that lost a partition can never commit for it afterwards.
+
+The ledger test drives two Ledger objects (two owners) against the real Postgres; the
+process test freezes a real processor (SIGSTOP) past its session timeout so the group
+hands its partitions to another instance, then lets it run again (SIGCONT)."""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
+from app.ledger.rows import WindowRow, rows_to_table
+from tests.conftest import LEDGER_TABLES, Pipeline
+
+TABLES = (*LEDGER_TABLES, "window_snapshot_chunk")
+
+
+@pytest.fixture
+def scope(postgres: str) -> Iterator[tuple[str, str]]:
+    pid = f"t-{uuid.uuid4().hex[:10]}"
+    yield postgres, pid
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        for table in TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))
+
+
+def _ledger_rows(url: str, pid: str) -> dict[str, list[Any]]:
+    with psycopg.connect(url) as conn:
+        return {t: sorted(map(repr, conn.execute(f"SELECT * FROM {t} WHERE pipeline_id = %s",
+                                                 (pid,)).fetchall())) for t in TABLES}
+
+
+def _cp(advances: list[PartitionAdvance]) -> Checkpoint:
+    rows = [WindowRow(0, a.partition, 60, 7, "DE", a.next_offset, 100) for a in advances]
+    return Checkpoint(source="live", topic="events", advances=tuple(advances),
+                      tables={"rollup_minute": rows_to_table(rows)},
+                      dlq_counts={(a.partition, "invalid", ""): 1 for a in advances})
+
+
+def test_a_fenced_owners_late_checkpoint_is_rejected_and_changes_nothing(scope: tuple[str, str]) -> None:
+    url, pid = scope
+    old, new = Ledger(url, pid, "events"), Ledger(url, pid, "events")
+    try:
+        g0 = old.claim_partition(0, "old").owner_generation
+        g1 = old.claim_partition(1, "old").owner_generation
+        first = old.commit(_cp([PartitionAdvance(0, 0, 10, 1000, 0, g0), PartitionAdvance(1, 0, 5, 1000, 0, g1)]))
+        # a new owner takes partition 1 (the group moved it) and restores from the ledger
+        claim = new.claim_partition(1, "new")
+        assert claim.owner_generation == g1 + 1 and claim.next_offset == 5
+        assert claim.last_checkpoint == first.checkpoint_ref
+        before = _ledger_rows(url, pid)
+
+        # the zombie's next checkpoint still names partition 1 with its old generation
+        with pytest.raises(PartitionFenced) as fenced:
+            old.commit(_cp([PartitionAdvance(0, 10, 20, 2000, 0, g0), PartitionAdvance(1, 5, 9, 2000, 0, g1)]))
+        assert fenced.value.partitions == (1,)
+        # ... and its snapshot of partition 1 cannot be published either
+        old.write_snapshot_chunk(1, first.checkpoint_id, 0, rows_to_table([]))
+        with pytest.raises(PartitionFenced):
+            old.publish_snapshot(1, first.checkpoint_id, 1, g1)
+        after = _ledger_rows(url, pid)
+        after.pop("window_snapshot_chunk"), before.pop("window_snapshot_chunk")  # the orphan chunk only
+        assert after == before, "a fenced checkpoint changed the ledger"
+
+        # the partitions it still owns commit as usual; the new owner's commit is accepted
+        old.commit(_cp([PartitionAdvance(0, 10, 20, 2000, 0, g0)]))
+        new.commit(_cp([PartitionAdvance(1, 5, 9, 2000, 0, claim.owner_generation)]))
+        assert old.partition_offsets() == {0: 20, 1: 9}
+    finally:
+        old.close()
+        new.close()
+
+
+def test_a_retried_commit_that_already_landed_reports_its_checkpoint(scope: tuple[str, str]) -> None:
+    """The answer to COMMIT was lost: the retry must name the checkpoint that landed, since
+    the local store records it for reconciliation."""
+    url, pid = scope
+    ledger = Ledger(url, pid, "events")
+    try:
+        g = ledger.claim_partition(0, "me").owner_generation
+        cp = _cp([PartitionAdvance(0, 0, 10, 1000, 0, g)])
+        first = ledger.commit(cp)
+        again = ledger.commit(cp)
+        assert again.already_committed and not first.already_committed
+        assert (again.checkpoint_id, again.checkpoint_ref) == (first.checkpoint_id, first.checkpoint_ref)
+    finally:
+        ledger.close()
+
+
+SMALL = ("--batch-max-wait", "0.05s", "--poll-records", "1000", "--snapshot-interval", "0.3s",
+         "--session-timeout", "6s", "--log-level", "info")
+
+
+def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipeline: Pipeline) -> None:
+    pipeline.gen("--seed", "5", "--events", "150000", "--accounts", "5000", "--partitions", "4",
+                  "--late-fraction", "0.02", "--invalid-fraction", "0.01", "--event-time-rate", "500")
+    sink = pipeline.start("app.sink", "--until-idle")
+    zombie = pipeline.start("app.processor", "--until-end", *SMALL, "--state-dir", str(pipeline.tmp / "z"))
+    deadline = time.monotonic() + 60
+    with pipeline.ledger() as conn:  # freeze it right after its first checkpoint: work is left
+        while conn.execute("SELECT coalesce(sum(next_offset), 0) FROM partition_state WHERE pipeline_id = %s",
+                           (pipeline.pipeline_id,)).fetchone()[0] == 0:  # type: ignore[index]
+            assert zombie.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+    zombie.send_signal(signal.SIGSTOP)
+    try:
+        # the group evicts the frozen member after its session timeout; the other takes all
+        other = pipeline.start("app.processor", "--until-end", *SMALL, "--state-dir", str(pipeline.tmp / "o"))
+        time.sleep(10.0)
+    finally:
+        zombie.send_signal(signal.SIGCONT)
+    assert other.wait(timeout=120) == 0, other.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+    assert zombie.wait(timeout=120) == 0, zombie.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
+    assert sink.wait(timeout=120) == 0
+    zombie_log = zombie.stderr.read().decode()  # type: ignore[union-attr]
+    # the zombie either tried a checkpoint (fenced) or heard it lost the partitions first
+    assert '"checkpoint_fenced"' in zombie_log or '"partitions_lost"' in zombie_log, zombie_log[-3000:]
+    with pipeline.ledger() as conn:
+        owners = {r[0] for r in conn.execute("SELECT owner FROM partition_state WHERE pipeline_id = %s",
+                                             (pipeline.pipeline_id,))}
+        generations = [r[0] for r in conn.execute(
+            "SELECT owner_generation FROM partition_state WHERE pipeline_id = %s", (pipeline.pipeline_id,))]
+        conn.execute("DELETE FROM window_snapshot_chunk WHERE pipeline_id = %s", (pipeline.pipeline_id,))
+    assert len(owners) >= 1 and max(generations) >= 2
+    res = pipeline.verify()
+    assert res.returncode == 0, f"verify exit {res.returncode}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
