@@ -14,6 +14,7 @@ chunk per loop turn, so a partition of 10M windows never stalls the loop.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pyarrow as pa
 import structlog
@@ -34,14 +35,17 @@ from app.core.faults import crash_point
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
 from app.core.retry import Backoff, retry_call
 from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
-from app.ledger.rows import WINDOW_ROW_SCHEMA, WindowRow, rows_to_table
+from app.ledger.rows import WINDOW_ROW_SCHEMA
+from app.processor.batch import tables_by_kind
 from app.processor.decode import InvalidEvent, decode_event
 from app.processor.dlq import DeadLetters
 from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore, StateSlot
 from app.processor.state import InMemoryWindowStore, WindowKey, WindowStore
-from app.processor.windows import KINDS, LatenessPolicy, WindowKind
+from app.processor.windows import KINDS, LatenessPolicy
 
 log = structlog.get_logger("processor")
+
+_GC_THRESHOLDS: Final = (100_000, 20, 100)  # generation 0, 1, 2 (CPython defaults: 700, 10, 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,12 @@ class Processor:
 
     def run(self) -> int:
         s = self.cfg.services
+        # The hot path allocates a tuple and a list per window and holds hundreds of thousands
+        # of them (dirty, pending and clean values) but makes no reference cycles. With the
+        # default thresholds (700) the cyclic GC ran every few hundred records and its older
+        # generations kept re-scanning every live window: ~30 % of the processor's CPU in a
+        # 1M-event catch-up. Rarer collections still reclaim any cycle, just later.
+        gc.set_threshold(*_GC_THRESHOLDS)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigterm)
         retry_call(lambda: ensure_topic(s.kafka_bootstrap_servers, s.dlq_topic, self.cfg.dlq_partitions),
@@ -270,51 +280,83 @@ class Processor:
         policy = self.cfg.policy
         ooo = policy.max_out_of_orderness_ms
         lateness = [(k, k.size_ms, policy.allowed_lateness_ms(k), k.label) for k in KINDS]
+        # An event with et + slack >= W is on time for every kind: its window starts after
+        # et - size, so start + size + allowed > et + allowed >= W (contract §3). Nearly
+        # every event takes this branch, which skips the per-kind lateness arithmetic.
+        slack = min(allowed for _k, _size, allowed, _label in lateness)
+        (k0, size0, _a0, _l0), (k1, size1, _a1, _l1) = lateness  # KINDS: minute, hour
         deltas: dict[int, dict[WindowKey, list[int]]] = {}
         owned_map = self.owned
+        # consume() returns records in runs of one partition: look the partition up per run
+        last_p = -1
+        owned: OwnedPartition | None = None
+        part_deltas: dict[WindowKey, list[int]] = {}
+        get = part_deltas.get
         for msg in msgs:
             err = msg.error()
             if err is not None:
                 self._on_kafka_error(err)
                 continue
             p = msg.partition()
-            owned = owned_map.get(p)
+            if p != last_p:
+                last_p = p
+                owned = owned_map.get(p)
+                if owned is not None:
+                    part_deltas = deltas.get(p)  # type: ignore[assignment]
+                    if part_deltas is None:
+                        part_deltas = deltas[p] = {}
+                    get = part_deltas.get
             if owned is None:
                 continue  # revoked while the record was in flight
             offset = msg.offset()
             if offset < owned.next_offset:
                 continue  # already counted (never expected after a seek; defensive)
             owned.next_offset = offset + 1
-            value = msg.value()
             try:
-                ev = decode_event(value)
+                ev = decode_event(msg.value())
             except InvalidEvent as e:
                 self._dead_letter(owned, msg, "invalid", None, str(e))
                 continue
             et = ev.event_time
             wm = owned.watermark_ms
-            part_deltas = deltas.get(p)
-            if part_deltas is None:
-                part_deltas = deltas[p] = {}
-            for kind, size, allowed, label in lateness:
-                start = et - et % size
-                if wm is not None and start + size + allowed <= wm:
-                    self._dead_letter(owned, msg, "late", label,
-                                      f"{label} window [{start}, {start + size}) closed: watermark {wm}")
-                    continue
-                key = (kind, start, ev.account_id, ev.country)
-                d = part_deltas.get(key)
+            if wm is None or et + slack >= wm:
+                acc, country, amount = ev.account_id, ev.country, ev.amount
+                key = (k0, et - et % size0, acc, country)
+                d = get(key)
                 if d is None:
-                    part_deltas[key] = [1, ev.amount]
+                    part_deltas[key] = [1, amount]
                 else:
                     d[0] += 1
-                    d[1] += ev.amount
-            if owned.max_event_time_ms is None or et > owned.max_event_time_ms:
+                    d[1] += amount
+                key = (k1, et - et % size1, acc, country)
+                d = get(key)
+                if d is None:
+                    part_deltas[key] = [1, amount]
+                else:
+                    d[0] += 1
+                    d[1] += amount
+            else:
+                for kind, size, allowed, label in lateness:
+                    start = et - et % size
+                    if start + size + allowed <= wm:
+                        self._dead_letter(owned, msg, "late", label,
+                                          f"{label} window [{start}, {start + size}) closed: watermark {wm}")
+                        continue
+                    key = (kind, start, ev.account_id, ev.country)
+                    d = get(key)
+                    if d is None:
+                        part_deltas[key] = [1, ev.amount]
+                    else:
+                        d[0] += 1
+                        d[1] += ev.amount
+            max_et = owned.max_event_time_ms
+            if max_et is None or et > max_et:
                 owned.max_event_time_ms = et
                 owned.watermark_ms = et - ooo
         for p, part_deltas in deltas.items():
-            owned_map[p].store.fold(part_deltas)
-            self._dirty_estimate += len(part_deltas)
+            if part_deltas:
+                owned_map[p].store.fold(part_deltas)
+                self._dirty_estimate += len(part_deltas)
         metrics.EVENTS_READ.labels(partition="all").inc(len(msgs))
 
     def _dead_letter(self, owned: OwnedPartition, msg: Message, reason: str, kind: str | None,
@@ -350,10 +392,10 @@ class Processor:
         self._dirty_estimate = 0
         advances, emitted, dlq_counts = [], [], {}
         for owned in self.owned.values():
-            rows = owned.store.take_dirty()
-            if owned.next_offset == owned.committed_offset and not rows:
+            table = owned.store.take_dirty_table()
+            if owned.next_offset == owned.committed_offset and not table.num_rows:
                 continue
-            emitted.extend(rows)
+            emitted.append(table)
             advances.append(PartitionAdvance(owned.partition, owned.committed_offset, owned.next_offset,
                                              owned.max_event_time_ms, owned.watermark_ms, owned.generation))
             for (reason, kind), n in owned.dlq_counts.items():
@@ -361,7 +403,7 @@ class Processor:
         if not advances:
             return
         cp = Checkpoint(source="live", topic=self.cfg.services.events_topic, advances=tuple(advances),
-                        tables=_tables_by_kind(emitted), dlq_counts=dlq_counts)
+                        tables=tables_by_kind(emitted), dlq_counts=dlq_counts)
         crash_point("checkpoint.before_dlq_flush")
         # DLQ records of this checkpoint are in Kafka before the ledger counts them.
         retry_call(self.dlq.flush, what="kafka_dlq_flush")
@@ -505,9 +547,3 @@ class Processor:
             retry_call(self.ledger.finish_run, what="postgres_finish_run")
         return reached
 
-
-def _tables_by_kind(rows: list[WindowRow]) -> dict[str, pa.Table]:
-    by_kind: dict[int, list[WindowRow]] = {}
-    for r in rows:
-        by_kind.setdefault(r.kind, []).append(r)
-    return {WindowKind(k).table: rows_to_table(rs) for k, rs in by_kind.items()}

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from app.core.errors import FatalError, InvariantViolation
 from app.ledger.rows import WINDOW_ROW_SCHEMA, WindowRow
+from app.processor.batch import columns_table
 from app.processor.state import WindowKey
 from app.processor.windows import KINDS, LatenessPolicy, WindowKind
 
@@ -227,10 +228,36 @@ class LevelDBWindowStore:
         self._dirty = {}
         return rows
 
+    def take_dirty_table(self) -> pa.Table:
+        vals = list(self._dirty.values())
+        # the key columns come from the packed keys each dirty value carries (no tuple unpacking)
+        table = table_from_packed(self.partition, b"".join([v[2] for v in vals]), [v[0] for v in vals],
+                                  [v[1] for v in vals])
+        if self._pending:  # as take_dirty
+            self._pending.update(self._dirty)
+        else:
+            self._pending = self._dirty
+        self._dirty = {}
+        return table
+
     def prepare(self, next_offset: int) -> None:
+        vals = list(self._pending.values())
+        try:  # all values packed at once while they fit uint64/int64 (the usual case)
+            packed = np.empty(len(vals), dtype=_VALUE_DTYPE)
+            packed["count"] = np.array([v[0] for v in vals], dtype=np.uint64)
+            sums = np.array([v[1] for v in vals], dtype=np.int64)
+            packed["lo"], packed["hi"] = sums.view(np.uint64), sums >> 63  # the Int128's two halves
+            raw = packed.tobytes()
+        except OverflowError:
+            raw = None
+        vs = _VALUE.size
         with self._db.write_batch() as wb:
-            for count, amount, kb in self._pending.values():
-                wb.put(kb, pack_value(count, amount))
+            if raw is None:
+                for count, amount, kb in vals:
+                    wb.put(kb, pack_value(count, amount))
+            else:
+                for i, v in enumerate(vals):
+                    wb.put(v[2], raw[i * vs:(i + 1) * vs])
             wb.put(META_KEY, self._meta("prepared", self._ref, next_offset))
         self._ref = None  # ahead of the ledger until commit() says otherwise
 
@@ -365,6 +392,18 @@ def table_from_raw(partition: int, keys: list[bytes], values: list[bytes]) -> pa
         pa.array(v["count"].astype(np.uint64)),
         pa.Array.from_buffers(pa.decimal128(38, 0), n, [None, pa.py_buffer(sums.tobytes())]),
     ], schema=WINDOW_ROW_SCHEMA)
+
+
+def table_from_packed(partition: int, keys: bytes, counts: list[int], sums: list[int]) -> pa.Table:
+    """Packed keys (joined) + Python-int values -> window rows, in key order."""
+    k = np.frombuffer(keys, dtype=_KEY_DTYPE)
+    n = len(k)
+    if n == 0:
+        return WINDOW_ROW_SCHEMA.empty_table()
+    countries = pa.StringArray.from_buffers(
+        n, pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32).tobytes()),
+        pa.py_buffer(np.ascontiguousarray(k["country"]).tobytes()))
+    return columns_table(partition, k["kind"], k["start"], k["account"], countries, counts, sums)
 
 
 def raw_from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
