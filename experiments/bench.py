@@ -47,18 +47,8 @@ from benchkit.report import render_table, write_plots
 from benchkit.runs import Context, gen_result, generate, log, run_catchup, run_open_trial, run_verify
 from benchkit.scope import EndOffsets, delete_topics, list_topics
 
-from app.core.config import ArgumentParser, env
+from app.core.config import ArgumentParser, env, positive_int_arg
 from app.core.logging import configure_logging
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return v
 
 
 def non_negative_float(text: str) -> float:
@@ -79,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--events",
-        type=positive_int,
+        type=positive_int_arg,
         default=5_000_000,
         help="events pre-produced for the catch-up run and the anchors (default 5,000,000)",
     )
@@ -96,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="search for the highest rate at which lag stays flat (bounded: --search-steps trials)",
     )
     p.add_argument(
-        "--search-steps", type=positive_int, default=5, help="open-model trials of the search (default 5)"
+        "--search-steps", type=positive_int_arg, default=5, help="open-model trials of the search (default 5)"
     )
     p.add_argument(
         "--open-seconds",
@@ -113,25 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quix-events",
-        type=positive_int,
+        type=positive_int_arg,
         default=None,
         help="stop the Quix job after this many records (default: all N; Quix runs ~10k/s here)",
     )
     p.add_argument("--skip-open-model", action="store_true", help="do not run the open-model part")
     p.add_argument(
         "--repeat",
-        type=positive_int,
+        type=positive_int_arg,
         default=1,
         help="catch-up runs over the same topic, each from an empty ledger; median reported (default 1)",
     )
     p.add_argument(
         "--processors",
-        type=positive_int,
+        type=positive_int_arg,
         default=1,
         help="processor processes in the catch-up run (one consumer group; default 1)",
     )
     p.add_argument(
-        "--partitions", type=positive_int, default=8, help="partitions of the bench topics (default 8)"
+        "--partitions", type=positive_int_arg, default=8, help="partitions of the bench topics (default 8)"
     )
     p.add_argument(
         "--batch-max-wait",
