@@ -13,10 +13,14 @@ export BROKERS
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install:  ## pip-install the pinned Python dependencies
-	$(PYTHON) -m pip install -q -e '.[dev]'
+install: .data/.python-deps  ## pip-install the pinned Python dependencies
 
-up:  ## start Kafka (BROKERS=1|3) and Postgres, migrate the ledger (idempotent)
+# re-installed only when pyproject.toml changes
+.data/.python-deps: pyproject.toml
+	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+	@mkdir -p .data && touch $@
+
+up: install  ## start Kafka (BROKERS=1|3) and Postgres, migrate the ledger (idempotent)
 	@infra/kafka.sh up
 	@infra/postgres.sh up
 
@@ -34,7 +38,7 @@ demo: up  ## the main job end to end on embedded ClickHouse, ending with verify'
 test: up  ## the test suite against the real services
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-test-fast:  ## unit tests only (no services)
+test-fast: install  ## unit tests only (no services)
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: up  ## throughput / latency benchmark, ends with one JSON line (EVENTS default 5M here; BENCH_ARGS=--help)

@@ -23,7 +23,11 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 fetch() {
   if [ -f "$LIBS/.complete" ] && [ "$LIBS/.complete" -nt "$ROOT/infra/pom.xml" ]; then return 0; fi
-  command -v mvn >/dev/null || { echo "kafka: mvn not found (apt-get install maven)" >&2; exit 1; }
+  if ! command -v mvn >/dev/null || ! command -v java >/dev/null; then
+    echo "kafka: installing Debian's maven and openjdk-17-jre-headless"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven openjdk-17-jre-headless >/dev/null
+  fi
   echo "kafka: fetching jars from Maven Central (infra/pom.xml)"
   rm -rf "$LIBS"; mkdir -p "$LIBS"
   mvn -q -B -f "$ROOT/infra/pom.xml" dependency:copy-dependencies \

@@ -51,16 +51,24 @@ up() {
     install_if_missing
     read -r ver name < <(cluster)
     allow_loopback "$ver" "$name" || true
-    pg_ctlcluster "$ver" "$name" start
+    # Debian's package may already have started the cluster on install
+    pg_ctlcluster "$ver" "$name" status >/dev/null 2>&1 || pg_ctlcluster "$ver" "$name" start
     touch "$MARK"
     local deadline=$((SECONDS + 60))
     until port_open; do
       [ $SECONDS -lt $deadline ] || { echo "postgres: not listening on 127.0.0.1:$PORT after 60s" >&2; exit 1; }
       sleep 0.5
     done
-  elif [ -f "$MARK" ]; then
+  fi
+  # A local Debian cluster that asks loopback clients for a password (its default):
+  # let them in, so the contract's default DATABASE_URL works.
+  if ! can_connect && command -v pg_lsclusters >/dev/null && [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
     read -r ver name < <(cluster)
-    if allow_loopback "$ver" "$name"; then pg_ctlcluster "$ver" "$name" reload; fi
+    if allow_loopback "$ver" "$name"; then
+      echo "postgres: allowing loopback connections without password (local stack)"
+      pg_ctlcluster "$ver" "$name" reload
+      sleep 1
+    fi
   fi
   create_database
   (cd "$ROOT" && DATABASE_URL="$DATABASE_URL" python3 -m alembic -c "$ROOT/alembic.ini" upgrade head 2>&1 \
@@ -68,6 +76,19 @@ up() {
   (cd "$ROOT" && DATABASE_URL="$DATABASE_URL" python3 -m alembic -c "$ROOT/alembic.ini" current 2>/dev/null | grep -q "(head)") \
     || { echo "postgres: alembic upgrade head failed" >&2; exit 1; }
   echo "postgres: up at 127.0.0.1:$PORT, ledger migrated"
+}
+
+can_connect() {  # as DATABASE_URL says, to the maintenance database
+  python3 - "$DATABASE_URL" <<'PY' 2>/dev/null
+import sys
+from urllib.parse import urlsplit, urlunsplit
+import psycopg
+parts = urlsplit(sys.argv[1].replace("postgresql+psycopg://", "postgresql://"))
+try:
+    psycopg.connect(urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, "")), connect_timeout=3).close()
+except psycopg.OperationalError:
+    sys.exit(1)
+PY
 }
 
 create_database() {
