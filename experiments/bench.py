@@ -47,18 +47,8 @@ from benchkit.report import render_table, write_plots
 from benchkit.runs import Context, gen_result, generate, log, run_catchup, run_open_trial, run_verify
 from benchkit.scope import EndOffsets, delete_topics, list_topics
 
-from app.core.config import ArgumentParser, env, positive_int_arg
+from app.core.config import ArgumentParser, env, non_negative_float_arg, positive_int_arg
 from app.core.logging import configure_logging
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        v = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rate",
-        type=non_negative_float,
+        type=non_negative_float_arg,
         default=0.0,
         help="open-model rate in events/s; 0 = half the measured catch-up rate (default 0); "
         "with --find-max-rate: the first rate tried (0 = 70%% of the catch-up rate)",
@@ -90,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--open-seconds",
-        type=non_negative_float,
+        type=non_negative_float_arg,
         default=0.0,
         help="generator run time per open-model trial (default: 15 s below 1M events, else 45 s)",
     )

@@ -225,6 +225,16 @@ def non_negative_int_arg(text: str) -> int:
     return value
 
 
+def non_negative_float_arg(text: str) -> float:
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
 def fraction_arg(text: str) -> float:
     try:
         value = float(text)
