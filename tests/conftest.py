@@ -79,9 +79,9 @@ class Pipeline:
         return env
 
     def run(self, module: str, *args: str, crash_at: str | None = None, timeout: float = 300,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        extra = {"PIPELINE_CRASH_AT": crash_at} if crash_at else {}
-        argv = [sys.executable, "-m", module, *args]
+            check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {**(extra_env or {}), **({"PIPELINE_CRASH_AT": crash_at} if crash_at else {})}
+        argv = [sys.executable, "-m", module, *args, *(["--fault-injection"] if crash_at else [])]
         if module != "app.gen" or "--metrics-port" not in args:
             argv += ["--metrics-port", "0"] if module in ("app.processor", "app.sink") else []
         res = subprocess.run(argv, env=self.env(**extra), cwd=REPO, capture_output=True, text=True,
@@ -93,7 +93,7 @@ class Pipeline:
 
     def start(self, module: str, *args: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
         extra = {"PIPELINE_CRASH_AT": crash_at} if crash_at else {}
-        argv = [sys.executable, "-m", module, *args]
+        argv = [sys.executable, "-m", module, *args, *(["--fault-injection"] if crash_at else [])]
         if module in ("app.processor", "app.sink"):
             argv += ["--metrics-port", "0"]
         proc = subprocess.Popen(argv, env=self.env(**extra), cwd=REPO, stdout=subprocess.PIPE,

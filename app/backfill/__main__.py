@@ -25,6 +25,8 @@ from app.core.config import (
     time_ms_arg,
 )
 from app.core.errors import FatalError, PipelineError, RetryableError, ServiceLocked
+from app.core.faults import add_fault_injection_arg
+from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
 from app.core.metrics import serve_metrics
 from app.processor.windows import LatenessPolicy
@@ -89,6 +91,7 @@ def build_parser() -> ArgumentParser:
     o.add_argument("--service-timeout", type=duration_arg, default=30.0, metavar="DURATION",
                    help="how long to retry an unreachable Kafka / Postgres / ClickHouse (default 30s)")
     add_runtime_args(p, metrics_port=0)
+    add_fault_injection_arg(p)
     return p
 
 
@@ -112,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     request = request_from_args(parser, args)
     configure_logging(args.log_level)
+    arm_faults(args.fault_injection, command="backfill")
     cfg = BackfillConfig(services=service_settings(args), request=request, dry_run=args.dry_run,
                          require_clickhouse=args.require_clickhouse, batch_rows=args.batch_rows,
                          service_timeout_s=args.service_timeout, max_examples=args.max_diffs)

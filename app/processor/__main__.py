@@ -22,6 +22,8 @@ from app.core.config import (
     service_settings,
 )
 from app.core.errors import FatalError, PipelineError
+from app.core.faults import add_fault_injection_arg
+from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
 from app.core.metrics import serve_metrics
 from app.processor.engine import Processor, ProcessorConfig
@@ -77,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once every partition reaches the end offsets seen at start, after emitting "
                         "every window")
     add_runtime_args(p, metrics_port=9308)
+    add_fault_injection_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    arm_faults(args.fault_injection, command="processor")
     log = structlog.get_logger("processor")
     flags = lateness_flags(args)
     policy = LatenessPolicy(flags.max_out_of_orderness_ms, flags.allowed_lateness_minute_ms,

@@ -19,6 +19,8 @@ from app.core.config import (
     service_settings,
 )
 from app.core.errors import FatalError, PipelineError
+from app.core.faults import add_fault_injection_arg
+from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
 from app.core.metrics import serve_metrics
 from app.sink.faults import FAULT_MODES, FaultyWriter, InsertFaultPlan
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "recognises on a retry (default %(default)s)")
     b.add_argument("--async-insert", action="store_true",
                    help="use ClickHouse async inserts (deduplicated, waited for) instead of synchronous ones")
-    f = p.add_argument_group("insert fault injection (testing)")
+    f = p.add_argument_group("insert fault injection (testing; needs --fault-injection)")
     f.add_argument("--fail-insert-every", type=non_negative_int_arg, default=0, metavar="N",
                    help="make every Nth insert call fail (then retried), 0 = never (default 0)")
     f.add_argument("--fail-insert-probability", type=fraction_arg, default=0.0, metavar="P",
@@ -58,16 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="before: nothing written; after: all written, then the error; mid: the first half "
                         "of the insert's blocks written, then the error (default before)")
     add_runtime_args(p, metrics_port=9309)
+    add_fault_injection_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    log = structlog.get_logger("sink")
-    settings = service_settings(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     faults = InsertFaultPlan(every=args.fail_insert_every, probability=args.fail_insert_probability,
                              seed=args.fail_insert_seed, mode=args.fail_insert_mode)
+    if faults.enabled and not args.fault_injection:
+        parser.error("--fail-insert-every / --fail-insert-probability need --fault-injection")
+    configure_logging(args.log_level)
+    arm_faults(args.fault_injection, command="sink")
+    log = structlog.get_logger("sink")
+    settings = service_settings(args)
     cfg = SinkConfig(services=settings, until_idle=args.until_idle,
                      policy=GroupPolicy(batch_rows=args.batch_rows, max_wait_s=args.batch_max_wait),
                      insert_block_rows=args.insert_block_rows)

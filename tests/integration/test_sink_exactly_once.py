@@ -116,7 +116,7 @@ def test_injected_insert_faults_are_retried_to_an_exact_result(sink_pipeline: Pi
     p.gen(*GEN)
     p.processor(*SMALL)
     freeze_merges(p.clickhouse_url)
-    res = p.sink("--batch-rows", "6000", "--insert-block-rows", "1000", *faults)
+    res = p.sink("--batch-rows", "6000", "--insert-block-rows", "1000", "--fault-injection", *faults)
     assert res.stderr.count('"insert_fault_injected"') >= 2, res.stderr[-3000:]
     gs = groups(p)
     assert len(gs) >= 4 and all(g[5] == "acked" for g in gs)
