@@ -105,6 +105,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, metrics_port: int) -> N
                    choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
 
 
+DEFAULT_MAX_RECORD_BYTES = 1 << 20  # contract §2: a larger input value is invalid
+
+
 @dataclass(frozen=True, slots=True)
 class LatenessFlags:
     """Contract §3's watermark and lateness settings, as every command reads them."""
@@ -112,6 +115,7 @@ class LatenessFlags:
     max_out_of_orderness_ms: int
     allowed_lateness_minute_ms: int
     allowed_lateness_hour_ms: int
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
 
 def add_lateness_args(parser: argparse.ArgumentParser, title: str) -> None:
@@ -125,6 +129,8 @@ def add_lateness_args(parser: argparse.ArgumentParser, title: str) -> None:
                    help="override --allowed-lateness for minute windows")
     g.add_argument("--allowed-lateness-hour", type=duration_ms_arg, default=None, metavar="DURATION",
                    help="override --allowed-lateness for hour windows")
+    g.add_argument("--max-record-bytes", type=positive_int_arg, default=DEFAULT_MAX_RECORD_BYTES, metavar="N",
+                   help="an input value larger than this is invalid (contract §2; default %(default)s = 1 MiB)")
 
 
 def lateness_flags(args: argparse.Namespace) -> LatenessFlags:
@@ -132,7 +138,8 @@ def lateness_flags(args: argparse.Namespace) -> LatenessFlags:
     return LatenessFlags(
         max_out_of_orderness_ms=args.max_out_of_orderness,
         allowed_lateness_minute_ms=default if args.allowed_lateness_minute is None else args.allowed_lateness_minute,
-        allowed_lateness_hour_ms=default if args.allowed_lateness_hour is None else args.allowed_lateness_hour)
+        allowed_lateness_hour_ms=default if args.allowed_lateness_hour is None else args.allowed_lateness_hour,
+        max_record_bytes=args.max_record_bytes)
 
 
 def service_settings(args: argparse.Namespace) -> ServiceSettings:

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = lateness_flags(args)
     policy = LatenessPolicy(flags.max_out_of_orderness_ms, flags.allowed_lateness_minute_ms,
                             flags.allowed_lateness_hour_ms)
-    cfg = ProcessorConfig(services=service_settings(args), policy=policy, batch_max_wait_s=args.batch_max_wait,
+    cfg = ProcessorConfig(services=service_settings(args), policy=policy, max_record_bytes=flags.max_record_bytes,
+                          batch_max_wait_s=args.batch_max_wait,
                           batch_rows=args.batch_rows, poll_records=args.poll_records,
                           snapshot_interval_s=args.snapshot_interval, max_pending_rows=args.max_pending_rows,
                           max_pending_bytes=args.max_pending_bytes,

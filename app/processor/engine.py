@@ -29,7 +29,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from app.core import metrics
-from app.core.config import ServiceSettings
+from app.core.config import DEFAULT_MAX_RECORD_BYTES, ServiceSettings
 from app.core.errors import FatalError
 from app.core.faults import crash_point
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
@@ -52,6 +52,7 @@ _GC_THRESHOLDS: Final = (100_000, 20, 100)  # generation 0, 1, 2 (CPython defaul
 class ProcessorConfig:
     services: ServiceSettings
     policy: LatenessPolicy
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # contract §2: larger input values are invalid
     batch_max_wait_s: float = 1.0
     batch_rows: int = 200_000
     poll_records: int = 10_000
