@@ -106,8 +106,9 @@ def crash_points(log_text: str) -> list[str]:
     return out
 
 
-def key_rows(p: Pipeline, table: str, account: int, country: str, *, final: bool) -> list[tuple]:  # type: ignore[type-arg]
-    return [r for r in clickhouse_rows(p.clickhouse_url, table, final=final) if r[1] == account and r[2] == country]
+def key_rows(p: Pipeline, table: str, account: int, country: str) -> list[tuple]:  # type: ignore[type-arg]
+    """The FINAL rows of one (account, country) in `table`."""
+    return [r for r in clickhouse_rows(p.clickhouse_url, table, final=True) if r[1:3] == (account, country)]
 
 
 @pytest.mark.parametrize("crash_at", [None, "backfill.after_start"], ids=["straight", "killed-and-resumed"])
@@ -142,7 +143,7 @@ def test_live_row_emitted_after_the_pin_survives_the_backfill(bf: Pipeline, cras
                                    "AND source = 'live' AND 1 = ANY(partitions)")
     assert live_version > 0
     stop(sink)
-    live_hour = key_rows(p, "rollup_hour", idle_account, "FR", final=True)
+    live_hour = key_rows(p, "rollup_hour", idle_account, "FR")
     assert live_hour == [(H0, idle_account, "FR", 1, str(LIVE_AMOUNT), live_version)], live_hour
 
     # the backfill goes on from its pin
@@ -158,7 +159,7 @@ def test_live_row_emitted_after_the_pin_survives_the_backfill(bf: Pipeline, cras
         assert crash_points(log_text) == [crash_at], log_text[-3000:]
         done = summary(backfill(p, *HOUR, "--json"))
         assert done["resumed"] and done["run_no"] == 1
-    assert key_rows(p, "rollup_hour", idle_account, "FR", final=True) == live_hour, "the backfill deleted the live row"
+    assert key_rows(p, "rollup_hour", idle_account, "FR") == live_hour, "the backfill deleted the live row"
     assert done["windows"] > 0 and done["deleted_keys"] == 0, done
 
     sink = p.start("app.sink")
@@ -167,8 +168,8 @@ def test_live_row_emitted_after_the_pin_survives_the_backfill(bf: Pipeline, cras
     stop(sink)
 
     # the live row is still what readers see, and everything else is the backfill's
-    assert key_rows(p, "rollup_hour", idle_account, "FR", final=True) == live_hour
-    minute = key_rows(p, "rollup_minute", idle_account, "FR", final=True)
+    assert key_rows(p, "rollup_hour", idle_account, "FR") == live_hour
+    minute = key_rows(p, "rollup_minute", idle_account, "FR")
     assert minute == [(H0 + 1800, idle_account, "FR", 1, str(LIVE_AMOUNT), live_version)], minute
     hour = [r for r in clickhouse_rows(p.clickhouse_url, "rollup_hour", final=True) if r[0] == H0]
     assert {r[5] for r in hour if r[1] != idle_account} == {done["version"]}
