@@ -76,12 +76,36 @@ def read_range(client: Client, table: str, lo_s: int, hi_s: int) -> StoredRange:
     return StoredRange(table, lo_s, hi_s, rows, max_version)
 
 
+def max_version(client: Client, table: str, lo_s: int | None, hi_s: int | None) -> int:
+    """The highest version stored for window starts in [lo_s, hi_s) (None: unbounded); 0 when
+    the table is empty or does not exist yet. Read before the pin: the run's version must be
+    above it, or a write from outside the ledger would keep winning over the backfill."""
+    _check_table(table)
+    conds, params = [], {}
+    if lo_s is not None:
+        conds.append("window_start >= toDateTime({lo:UInt32})")
+        params["lo"] = lo_s
+    if hi_s is not None:
+        conds.append("window_start < toDateTime({hi:UInt32})")
+        params["hi"] = hi_s
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    try:
+        if not int(client.command(f"EXISTS TABLE {table}")):
+            return 0
+        return int(client.query(f"SELECT max(version) FROM {table}{where}", parameters=params).result_rows[0][0] or 0)
+    except Exception as e:  # the driver raises several types; is_retryable sorts them
+        if is_retryable(e):
+            raise RetryableError(f"reading {table} failed: {e}") from e
+        raise
+
+
 def delete_keys(client: Client, table: str, lo_s: int, hi_s: int, keys: Iterable[RollupKey],
                 below_version: int) -> int:
     """Delete the rows of `keys` in [lo_s, hi_s) whose version is below `below_version`.
 
-    The version guard makes it safe whatever else happens meanwhile: rows landed by this
-    backfill (= below_version) or emitted later by the live processor (higher) are never
+    `below_version` is the run's version, allocated in the pin's transaction, so the guard
+    keeps to rows the pin covers whatever happens meanwhile: rows landed by this backfill
+    (= below_version) or emitted by the live processor after the pin (higher) are never
     deleted. Synchronous (mutations_sync=2), so FINAL no longer shows them on return.
     """
     _check_table(table)

@@ -26,7 +26,9 @@ def summary_lines(o: Outcome) -> list[str]:
         lines.append(f"  resume     run {o.pending_run.run_no} of this request is unfinished (version "
                      f"{o.pending_run.checkpoint_id}): a real run resumes it with the same pin")
     pins = "; ".join(f"p{x.partition} @{x.next_offset} W {iso(x.watermark_ms)}" for x in o.pin.partitions)
-    lines.append(f"  pinned     {pins or 'no partition processed yet'}")
+    covers = ("" if o.pin.covers_below is None
+              else f"; covers versions below {o.pin.covers_below}{'' if o.run is not None else ' (a run now)'}")
+    lines.append(f"  pinned     {pins or 'no partition processed yet'}{covers}")
     settled = ", ".join(f"{k.label} windows starting before {iso(b)}" if (b := o.selection.first_open_ms(k))
                         is not None else f"no {k.label} window" for k in KINDS)
     lines.append(f"  settled    {settled} (final in every partition)")
@@ -67,8 +69,9 @@ def _table(t: TableDiff) -> str:
     if not t.readable:
         return text + "; ClickHouse not read"
     extra = f", {len(t.extra):,} extra" if t.extra else ""
+    after = f", {t.after_pin:,} written live after the pin (left alone)" if t.after_pin else ""
     return (text + f"; ClickHouse holds {t.stored_rows:,}: {t.equal:,} equal, {t.missing:,} missing, "
-            f"{t.different:,} different{extra}")
+            f"{t.different:,} different{extra}{after}")
 
 
 def summary_json(o: Outcome) -> str:
@@ -78,13 +81,14 @@ def summary_json(o: Outcome) -> str:
         "run_no": None if o.run is None else o.run.run_no,
         "version": None if o.run is None else o.run.checkpoint_id,
         "resumed": o.resumed,
+        "pin_covers_below": o.pin.covers_below,
         "records": o.records,
         "windows": o.windows,
         "clickhouse_read": o.clickhouse_note is None,
         "tables": {t.table: {"windows": t.windows, "events": t.events, "amount": str(t.amount),
                              "readable": t.readable, "stored": t.stored_rows, "equal": t.equal,
                              "missing": t.missing, "different": t.different, "extra": len(t.extra),
-                             "max_version": t.max_version} for t in o.tables},
+                             "after_pin": t.after_pin, "max_version": t.max_version} for t in o.tables},
         "skipped_open": {k.label: [s[0], s[1]] for k in KINDS if (s := o.selection.skipped_open(k))},
         "batches_new": o.batches_new,
         "batches_existing": o.batches_existing,

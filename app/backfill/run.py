@@ -1,18 +1,22 @@
 """The backfill, start to end (docs/backfill.md). Every step is safe to repeat:
 
-1. find the latest run of this request: an unfinished one is resumed with its pin and
-   version, otherwise the ledger positions are pinned now (read_pin);
-2. refuse rules that disagree with the live run (watermark = max - max_out_of_orderness);
-3. resolve the request against the pin: settled window slots, partitions to replay;
-4. refuse when retention removed part of a partition's prefix;
-5. replay each partition from offset 0 to its pinned position with the live rules;
-6. prove the classification matched: watermark and DLQ counts equal the ledger's at the pin;
-7. read ClickHouse in the range when it can be opened (diff, keys to delete, versions);
-   `--dry-run` stops here and prints what would change;
-8. start the run: allocate the version (a backfill checkpoint), above anything stored;
-9. delete keys ClickHouse holds in the range that the truth does not (version-guarded);
-10. commit the windows as sink batches at that version, deterministic ids, chunk by chunk;
-11. mark the run landed. The sink delivers the batches like any other.
+1. find the latest run of this request: an unfinished one is resumed with its pin and version;
+2. read the highest version ClickHouse holds in the range, when it can be opened (a write
+   from outside the ledger that the new version must outrank);
+3. pin: the ledger positions, and (not in a dry run) the run's version allocated in the same
+   transaction, so the pin covers exactly the versions below the run's;
+4. refuse rules that disagree with the live run (watermark = max - max_out_of_orderness);
+5. resolve the request against the pin: settled window slots, partitions to replay;
+6. refuse when retention removed part of a partition's prefix;
+7. replay each partition from offset 0 to its pinned position with the live rules;
+8. prove the classification matched: watermark and DLQ counts equal the ledger's at the pin
+   (a refused new run is forgotten: it has written nothing);
+9. read ClickHouse in the range when it can be opened (diff, keys to delete); `--dry-run`
+   stops here and prints what would change;
+10. delete keys ClickHouse holds in the range that the truth does not, only rows the pin
+    covers (version below the run's);
+11. commit the windows as sink batches at that version, deterministic ids, chunk by chunk;
+12. mark the run landed. The sink delivers the batches like any other.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from app.backfill.clickhouse import StoredRange, delete_keys, open_clickhouse, read_range
+from app.backfill.clickhouse import StoredRange, delete_keys, max_version, open_clickhouse, read_range
 from app.backfill.compare import TableDiff, diff_table
 from app.backfill.read_log import check_retention, open_consumer, read_prefixes, topic_partitions
 from app.backfill.recompute import PartitionReplay
@@ -115,27 +119,19 @@ class Backfill:
     def _retry(self, fn: Any, what: str) -> Any:
         return retry_call(fn, what=what, deadline_s=self.cfg.service_timeout_s, should_stop=lambda: self.stopping)
 
-    def _recompute(self, ledger: Ledger) -> tuple[BackfillRun | None, Pin, Selection, dict[int, PartitionReplay],
-                                                   float]:
-        """Steps 1-6: (unfinished run, pin, selection, replays, replay seconds)."""
+    def _recompute(self, pin: Pin) -> tuple[Selection, dict[int, PartitionReplay], float]:
+        """Steps 4-8 against `pin`: (selection, replays, replay seconds). FatalError when the
+        rules or the input differ from the live run's."""
         cfg, request, s = self.cfg, self.cfg.request, self.cfg.services
-        # 1. resume an unfinished run of this request, or pin the ledger now
-        latest = self._retry(lambda: ledger_backfill.latest_run(ledger, request.key), "postgres_backfill_run")
-        unfinished = latest if latest is not None and not latest.landed else None
-        resume = unfinished is not None and not cfg.dry_run
-        pin: Pin = unfinished.pin if unfinished is not None else self._retry(
-            lambda: ledger_backfill.read_pin(ledger), "postgres_read_pin")
-        log.info("backfill_start", request=request.key, dry_run=cfg.dry_run, resume=resume,
-                 run_no=None if unfinished is None else unfinished.run_no, **s.masked())
-        # 2. the watermark rule must be the live run's
+        # 4. the watermark rule must be the live run's
         check_out_of_orderness(pin, request)
-        # 3. + 4. resolve the request; the input must still hold every prefix
+        # 5. + 6. resolve the request; the input must still hold every prefix
         consumer = open_consumer(s.kafka_bootstrap_servers, s.pipeline_id)
         try:
             partitions = topic_partitions(consumer, s.events_topic, deadline_s=cfg.service_timeout_s)
             selection = select(request, pin, partitions)
             check_retention(consumer, s.events_topic, selection.replay_to, deadline_s=cfg.service_timeout_s)
-            # 5. replay
+            # 7. replay
             t0 = time.monotonic()
             replays = {p: PartitionReplay(p, selection) for p in selection.replay_to}
             for p, records in read_prefixes(consumer, s.events_topic, selection.replay_to,
@@ -144,58 +140,88 @@ class Backfill:
                 replays[p].feed(records)
             replay_s = time.monotonic() - t0
         except InterruptedError:
-            raise Stopped("stopped by signal while reading the input; nothing was written") from None
+            raise Stopped("stopped by signal while reading the input; rerun the same command to resume") from None
         finally:
             consumer.close()
         records = sum(r.records for r in replays.values())
         metrics.BACKFILL_RECORDS.inc(records)
         log.info("backfill_replayed", partitions=len(replays), records=records, seconds=round(replay_s, 3))
-        # 6. same classification as the live run
+        # 8. same classification as the live run
         check_classification(replays, pin, request)
-        return unfinished, pin, selection, replays, replay_s
+        return selection, replays, replay_s
+
+    def _pin(self, ledger: Ledger, unfinished: BackfillRun | None, above: int) -> tuple[Pin, BackfillRun | None]:
+        """Step 3: the pin, and the run it belongs to (None in a dry run)."""
+        cfg, request = self.cfg, self.cfg.request
+        if unfinished is not None:
+            return unfinished.pin, None if cfg.dry_run else unfinished
+        if cfg.dry_run:
+            pin = self._retry(lambda: ledger_backfill.read_pin(ledger, above_version=above), "postgres_read_pin")
+            return pin, None
+        run = self._retry(lambda: ledger_backfill.start_run(ledger, request.key, above_version=above),
+                          "postgres_start_run")
+        return run.pin, run
+
+    def _abandon(self, ledger: Ledger, run: BackfillRun, why: str) -> None:
+        if self._retry(lambda: ledger_backfill.abandon_run(ledger, run), "postgres_abandon_run"):
+            log.info("backfill_run_forgotten", run_no=run.run_no, version=run.checkpoint_id, reason=why)
 
     def _run(self, ledger: Ledger) -> Outcome:
-        cfg, request = self.cfg, self.cfg.request
-        unfinished, pin, selection, replays, replay_s = self._recompute(ledger)
+        cfg, request, s = self.cfg, self.cfg.request, self.cfg.services
+        # 1. resume an unfinished run of this request
+        latest = self._retry(lambda: ledger_backfill.latest_run(ledger, request.key), "postgres_backfill_run")
+        unfinished = latest if latest is not None and not latest.landed else None
         resume = unfinished is not None and not cfg.dry_run
+        # 2. versions written outside the ledger, before the pin: the new version goes above them
+        above, note = self._stored_max_version()
+        self._check_stop()
+        # 3. the pin; for a new run, with its version
+        pin, run = self._pin(ledger, unfinished, above)
+        log.info("backfill_start", request=request.key, dry_run=cfg.dry_run, resume=resume,
+                 run_no=None if run is None else run.run_no, version=None if run is None else run.checkpoint_id,
+                 covers_below=pin.covers_below, **s.masked())
+        if run is not None:
+            crash_point("backfill.after_start")
+        # 4.-8.
+        try:
+            selection, replays, replay_s = self._recompute(pin)
+        except FatalError as e:
+            if run is not None:
+                self._abandon(ledger, run, str(e))
+            raise
         records = sum(r.records for r in replays.values())
         truth = rows_by_table(replays)
-        # 7. ClickHouse in the range, when it can be opened
+        # 9. ClickHouse in the range, when it could be opened before the pin
         self._check_stop()
-        client, note = self._open_clickhouse()
+        client, note = self._open_clickhouse() if note is None else (None, note)
         try:
             stored = self._read_stored(client, selection, truth) if client is not None else {}
             extras = request.offsets is None
             diffs = tuple(diff_table(k.table, truth[k.table],
                                      None if client is None else stored.get(k.table, StoredRange(k.table, 0, 0, {}, 0)),
-                                     extras=extras, max_examples=cfg.max_examples) for k in KINDS)
+                                     extras=extras, version=pin.covers_below, max_examples=cfg.max_examples)
+                          for k in KINDS)
             live_max = self._retry(lambda: ledger_backfill.max_live_checkpoint(ledger), "postgres_max_checkpoint")
             outcome = Outcome(request, cfg.dry_run, pin, selection, records, replay_s, diffs, note,
                               live_max_version=live_max)
-            if cfg.dry_run:
+            if run is None:
                 return self._finish(outcome, pending_run=unfinished)
             nothing = not any(t.windows or t.extra for t in diffs)
             if nothing and unfinished is None:
+                self._abandon(ledger, run, "nothing to land")
                 log.info("backfill_nothing_to_land", request=request.key)
                 return self._finish(outcome)
             self._check_stop()
-            # 8. the version: a fresh checkpoint, above every version stored in the range
-            if unfinished is not None:
-                run = unfinished
-                foreign = max((t.max_version for t in diffs), default=0)
-                if foreign > run.checkpoint_id:
-                    log.warning("backfill_foreign_version_above_run", version=foreign, run_version=run.checkpoint_id,
-                                hint="rows written outside the ledger after this run started win over it; "
-                                     "run the request again once this run has landed")
-            else:
-                above = max((t.max_version for t in diffs), default=0)
-                run = self._retry(lambda: ledger_backfill.start_run(ledger, request.key, pin, records=records,
-                                                                    above_version=above), "postgres_start_run")
             log.info("backfill_run", run_no=run.run_no, version=run.checkpoint_id, resumed=resume)
-            crash_point("backfill.after_start")
-            # 9. keys that ClickHouse holds and the truth does not
+            self._warn_foreign(ledger, run, diffs)
+            # 10. keys that ClickHouse holds and the truth does not, among the rows the pin covers
             deleted: int | None = None
-            if client is not None:
+            if client is not None and pin.covers_below is None:
+                log.warning("backfill_extra_keys_kept", run_no=run.run_no,
+                            reason="this run was pinned by an older release, before its version: which rows "
+                                   "the pin covers is unknown, so no key is deleted; run the request again "
+                                   "once it has landed")
+            elif client is not None:
                 deleted = 0
                 for t, k in zip(diffs, KINDS, strict=True):
                     bounds = selection.time_bounds(k)
@@ -208,15 +234,46 @@ class Backfill:
         finally:
             if client is not None:
                 client.close()  # an embedded path is released before the sink needs it
-        # 10. the windows, as sink batches at the run's version
+        # 11. the windows, as sink batches at the run's version
         new, existing = self._land(ledger, run, selection, truth)
-        # 11. done
+        # 12. done
         crash_point("backfill.before_finish")
-        self._retry(lambda: ledger_backfill.finish_run(ledger, run, windows=outcome.windows, batches=new + existing,
-                                                       deleted_keys=deleted), "postgres_finish_run")
+        self._retry(lambda: ledger_backfill.finish_run(ledger, run, records=records, windows=outcome.windows,
+                                                       batches=new + existing, deleted_keys=deleted),
+                    "postgres_finish_run")
         metrics.BACKFILL_RUNS.inc()
         return self._finish(outcome, run=run, resumed=resume, batches_new=new, batches_existing=existing,
                             deleted_keys=deleted)
+
+    def _warn_foreign(self, ledger: Ledger, run: BackfillRun, diffs: tuple[TableDiff, ...]) -> None:
+        """A version above every id the ledger has handed out was written outside it after the
+        run's version was chosen: it outranks the backfill's rows."""
+        stored = max((t.max_version for t in diffs), default=0)
+        if stored <= run.checkpoint_id:
+            return
+        last = self._retry(lambda: ledger_backfill.last_version(ledger), "postgres_last_version")
+        if stored > last:
+            log.warning("backfill_foreign_version_above_run", version=stored, run_version=run.checkpoint_id,
+                        hint="rows written outside the ledger after this run started win over it; "
+                             "run the request again once this run has landed")
+
+    def _stored_max_version(self) -> tuple[int, str | None]:
+        """Step 2: (highest version stored where the request can write, why ClickHouse cannot
+        be read or None). The client is closed again: an embedded path stays free for the sink
+        while the backfill replays."""
+        client, note = self._open_clickhouse()
+        if client is None:
+            return 0, note
+        r = self.cfg.request
+        try:
+            if r.from_ms is not None and r.to_ms is not None:
+                lo, hi = r.from_ms // 1000, -(-r.to_ms // 1000)
+            else:  # an offset request alone can touch any window
+                lo = hi = None
+            return max(self._retry(lambda k=k: max_version(client, k.table, lo, hi), "clickhouse_read")
+                       for k in KINDS), None
+        finally:
+            client.close()
 
     def _finish(self, outcome: Outcome, **changes: Any) -> Outcome:
         return replace(outcome, elapsed_s=time.monotonic() - self._started, **changes)
