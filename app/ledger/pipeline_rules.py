@@ -62,7 +62,8 @@ def read_pin(ledger: Ledger) -> PinnedPipeline | None:
     return ledger._run(lambda conn: _select(conn, ledger.pipeline_id))  # type: ignore[no-any-return]
 
 
-def check_or_record(conn: psycopg.Connection[Any], pipeline_id: str, pin: PipelinePin, checkpoint_id: int) -> None:
+def check_or_record(conn: psycopg.Connection[Any], pipeline_id: str, pin: PipelinePin,
+                    checkpoint_id: int) -> None:
     """Inside a checkpoint's transaction: record the pin if this is the pipeline's first
     checkpoint, else require the recorded one. Race-free: of two first checkpoints with
     different pins, the second INSERT waits for the first transaction, finds its row and
@@ -99,12 +100,16 @@ def duration_text(ms: int) -> str:
 
 def rule_differences(pinned: LatenessFlags, ours: LatenessFlags) -> list[tuple[str, str, str]]:
     """(flag, pinned value, our value) for every rule that differs."""
-    pairs = (("--max-out-of-orderness", pinned.max_out_of_orderness_ms, ours.max_out_of_orderness_ms, True),
-             ("--allowed-lateness-minute", pinned.allowed_lateness_minute_ms, ours.allowed_lateness_minute_ms, True),
-             ("--allowed-lateness-hour", pinned.allowed_lateness_hour_ms, ours.allowed_lateness_hour_ms, True),
-             ("--max-record-bytes", pinned.max_record_bytes, ours.max_record_bytes, False))
-    return [(flag, duration_text(a) if is_ms else str(a), duration_text(b) if is_ms else str(b))
-            for flag, a, b, is_ms in pairs if a != b]
+    def ms(a: int, b: int) -> tuple[str, str, bool]:
+        return duration_text(a), duration_text(b), a != b
+
+    pairs = (("--max-out-of-orderness", *ms(pinned.max_out_of_orderness_ms, ours.max_out_of_orderness_ms)),
+             ("--allowed-lateness-minute",
+              *ms(pinned.allowed_lateness_minute_ms, ours.allowed_lateness_minute_ms)),
+             ("--allowed-lateness-hour", *ms(pinned.allowed_lateness_hour_ms, ours.allowed_lateness_hour_ms)),
+             ("--max-record-bytes", str(pinned.max_record_bytes), str(ours.max_record_bytes),
+              pinned.max_record_bytes != ours.max_record_bytes))
+    return [(flag, a, b) for flag, a, b, differs in pairs if differs]
 
 
 def check_rules(pipeline_id: str, pinned: PinnedPipeline, ours: LatenessFlags) -> None:
@@ -113,8 +118,8 @@ def check_rules(pipeline_id: str, pinned: PinnedPipeline, ours: LatenessFlags) -
         named = "; ".join(f"{flag} {a} (this process: {b})" for flag, a, b in diffs)
         raise PipelineMismatch(
             f"pipeline {pipeline_id!r} is pinned to {named}, recorded with its first checkpoint "
-            f"{pinned.checkpoint_id}: windows already emitted and dropped as final follow those rules; run "
-            f"with them, or change rules with a new --pipeline-id or a backfill ({CHANGE_RULES})")
+            f"{pinned.checkpoint_id}: windows already emitted and dropped as final follow those rules; "
+            f"run with them, or change rules with a new --pipeline-id or a backfill ({CHANGE_RULES})")
 
 
 def check_log(pipeline_id: str, was: TopicIdentity, seen: TopicIdentity | None, *, recorded: str) -> None:
@@ -122,24 +127,24 @@ def check_log(pipeline_id: str, was: TopicIdentity, seen: TopicIdentity | None, 
     saw first); `seen`: the topic as Kafka describes it now (None: it does not exist)."""
     if seen is None:
         raise PipelineMismatch(
-            f"topic {was.topic!r} of pipeline {pipeline_id!r} does not exist any more (topic id {was.topic_id}, "
-            f"{recorded}): it was deleted, and a topic created again under that name is another log; "
-            f"start a new --pipeline-id for it ({CHANGE_RULES})")
+            f"topic {was.topic!r} of pipeline {pipeline_id!r} does not exist any more (topic id "
+            f"{was.topic_id}, {recorded}): it was deleted, and a topic created again under that name is "
+            f"another log; start a new --pipeline-id for it ({CHANGE_RULES})")
     if seen.topic != was.topic:
         raise PipelineMismatch(
-            f"pipeline {pipeline_id!r} reads topic {was.topic!r} ({recorded}), not {seen.topic!r}: another topic "
-            f"needs another --pipeline-id")
+            f"pipeline {pipeline_id!r} reads topic {was.topic!r} ({recorded}), not {seen.topic!r}: "
+            "another topic needs another --pipeline-id")
     if seen.topic_id is not None and was.topic_id is not None and seen.topic_id != was.topic_id:
         raise PipelineMismatch(
-            f"topic {seen.topic!r} is not the log pipeline {pipeline_id!r} read: its topic id is {seen.topic_id}, "
-            f"not {was.topic_id} ({recorded}); the topic was deleted and created again and its offsets do not "
-            f"continue the ledger's: start a new --pipeline-id for it ({CHANGE_RULES})")
+            f"topic {seen.topic!r} is not the log pipeline {pipeline_id!r} read: its topic id is "
+            f"{seen.topic_id}, not {was.topic_id} ({recorded}); the topic was deleted and created again "
+            f"and its offsets do not continue the ledger's: start a new --pipeline-id for it ({CHANGE_RULES})")
     if seen.partitions != was.partitions:
         raise PipelineMismatch(
-            f"topic {seen.topic!r} has {seen.partitions} partitions, not {was.partitions} ({recorded}): a changed "
-            f"partition count moves accounts to other partitions and splits their windows (contract §2); "
-            f"partitions cannot be removed again: repartition the events into a new topic and start a new "
-            f"--pipeline-id ({CHANGE_RULES})")
+            f"topic {seen.topic!r} has {seen.partitions} partitions, not {was.partitions} ({recorded}): "
+            "a changed partition count moves accounts to other partitions and splits their windows "
+            "(contract §2); partitions cannot be removed again: repartition the events into a new topic "
+            f"and start a new --pipeline-id ({CHANGE_RULES})")
 
 
 def recorded_by(pinned: PinnedPipeline) -> str:

@@ -21,7 +21,7 @@ from app.core.config import (
     positive_int_arg,
     service_settings,
 )
-from app.core.errors import FatalError, PipelineError
+from app.core.errors import FatalError, PipelineError, PipelineMismatch
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_metrics(args.metrics_port, args.metrics_host)
     try:
         return Processor(cfg).run()
+    except PipelineMismatch as e:  # before FatalError: it is one; an operator decision, like a bad flag
+        sys.stdout.flush()
+        sys.stderr.write(f"processor: error: {e}\n")
+        return 2
     except FatalError as e:
         log.error("processor_fatal", error=str(e))
         return 1

@@ -48,16 +48,17 @@ def rules_of(policy: LatenessPolicy, max_record_bytes: int) -> LatenessFlags:
 
 
 def check_position(topic: str, partition: int, next_offset: int, low: int, high: int) -> None:
-    """The partition's log [low, high) must hold the ledger's next offset (high itself: caught up)."""
+    """The partition's log [low, high) must hold the pipeline's next offset (high itself: caught up)."""
     if next_offset < low:
         raise PipelineMismatch(
-            f"{topic}[{partition}] now starts at offset {low}, but the ledger's next offset is {next_offset}: "
-            f"records [{next_offset}, {low}) were deleted (retention or delete-records) before the pipeline "
-            f"read them; refusing to skip them ({CHANGE_RULES})")
+            f"{topic}[{partition}] now starts at offset {low}, but the pipeline's next offset is "
+            f"{next_offset}: records [{next_offset}, {low}) were deleted (retention or delete-records) "
+            f"before the pipeline read them; refusing to skip them ({CHANGE_RULES})")
     if next_offset > high:
         raise PipelineMismatch(
-            f"{topic}[{partition}] ends at offset {high}, but the ledger has read up to {next_offset}: the log "
-            f"was truncated or deleted and created again, it is not the log the ledger read ({CHANGE_RULES})")
+            f"{topic}[{partition}] ends at offset {high}, but the ledger has read up to {next_offset}: "
+            f"the log was truncated or deleted and created again, it is not the log the ledger read "
+            f"({CHANGE_RULES})")
 
 
 class LogGuard:
@@ -81,11 +82,12 @@ class LogGuard:
         next commit carries what was checked (Ledger.pin), to be recorded or compared again."""
         seen = self._check(at="assignment")
         if seen is None:
-            raise PipelineMismatch(f"topic {self.topic!r} was deleted while its partitions were being assigned")
+            raise PipelineMismatch(f"topic {self.topic!r} was deleted while its partitions were being "
+                                   "assigned")
         self.ledger.pin = PipelinePin(self.rules, seen)
 
     def check_position(self, consumer: Consumer, partition: int, next_offset: int) -> None:
-        low, high = watermark_offsets(consumer, self.topic, partition)  # RetryableError: the caller retries
+        low, high = watermark_offsets(consumer, self.topic, partition)  # RetryableError: caller retries
         check_position(self.topic, partition, next_offset, low, high)
 
     def fetch_out_of_range(self, consumer: Consumer, err: KafkaError,
@@ -99,8 +101,8 @@ class LogGuard:
                 return e
             except Exception as e:  # noqa: BLE001 (the fetch error below is still the answer)
                 log.warning("position_check_failed", partition=p, error=str(e))
-        return PipelineMismatch(f"reading {self.topic} failed: {err.str()}: records the ledger has not read are "
-                                f"no longer in the log ({CHANGE_RULES})")
+        return PipelineMismatch(f"reading {self.topic} failed: {err.str()}: records the pipeline has not "
+                                f"read are no longer in the log ({CHANGE_RULES})")
 
     # ---- internals --------------------------------------------------------
 
