@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from app.ledger.ledger import Ledger
 
 CHANGE_RULES = "docs/watermarks.md, \"Changing the rules\""
+INPUT_LOG = "docs/watermarks.md, \"The input log is pinned too\""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ def check_log(pipeline_id: str, was: TopicIdentity, seen: TopicIdentity | None, 
         raise PipelineMismatch(
             f"topic {was.topic!r} of pipeline {pipeline_id!r} does not exist any more (topic id "
             f"{was.topic_id}, {recorded}): it was deleted, and a topic created again under that name is "
-            f"another log; start a new --pipeline-id for it ({CHANGE_RULES})")
+            f"another log; start a new --pipeline-id for it ({INPUT_LOG})")
     if seen.topic != was.topic:
         raise PipelineMismatch(
             f"pipeline {pipeline_id!r} reads topic {was.topic!r} ({recorded}), not {seen.topic!r}: "
@@ -138,13 +139,13 @@ def check_log(pipeline_id: str, was: TopicIdentity, seen: TopicIdentity | None, 
         raise PipelineMismatch(
             f"topic {seen.topic!r} is not the log pipeline {pipeline_id!r} read: its topic id is "
             f"{seen.topic_id}, not {was.topic_id} ({recorded}); the topic was deleted and created again "
-            f"and its offsets do not continue the ledger's: start a new --pipeline-id for it ({CHANGE_RULES})")
+            f"and its offsets do not continue the ledger's: start a new --pipeline-id for it ({INPUT_LOG})")
     if seen.partitions != was.partitions:
         raise PipelineMismatch(
             f"topic {seen.topic!r} has {seen.partitions} partitions, not {was.partitions} ({recorded}): "
             "a changed partition count moves accounts to other partitions and splits their windows "
             "(contract §2); partitions cannot be removed again: repartition the events into a new topic "
-            f"and start a new --pipeline-id ({CHANGE_RULES})")
+            f"and start a new --pipeline-id ({INPUT_LOG})")
 
 
 def recorded_by(pinned: PinnedPipeline) -> str:

@@ -52,9 +52,9 @@ exit status:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m app.processor",
-                       description="Consume the events topic, keep per-minute and per-hour windows keyed by\n"
-                                   "(account_id, country), and commit changed windows, offsets and DLQ counts\n"
-                                   "to the Postgres ledger in one transaction per checkpoint.",
+                       description="Consume the events topic, keep per-minute and per-hour windows keyed\n"
+                                   "by (account_id, country), and commit changed windows, offsets and DLQ\n"
+                                   "counts to the Postgres ledger in one transaction per checkpoint.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_service_args(p)
     add_lateness_args(p, "windows and watermark")

@@ -28,7 +28,7 @@ from app.core.kafka import TopicIdentity, admin, topic_identity, watermark_offse
 from app.core.retry import retry_call
 from app.ledger.ledger import Ledger
 from app.ledger.pipeline_rules import (
-    CHANGE_RULES,
+    INPUT_LOG,
     PinnedPipeline,
     PipelinePin,
     check_log,
@@ -53,12 +53,12 @@ def check_position(topic: str, partition: int, next_offset: int, low: int, high:
         raise PipelineMismatch(
             f"{topic}[{partition}] now starts at offset {low}, but the pipeline's next offset is "
             f"{next_offset}: records [{next_offset}, {low}) were deleted (retention or delete-records) "
-            f"before the pipeline read them; refusing to skip them ({CHANGE_RULES})")
+            f"before the pipeline read them; refusing to skip them ({INPUT_LOG})")
     if next_offset > high:
         raise PipelineMismatch(
             f"{topic}[{partition}] ends at offset {high}, but the ledger has read up to {next_offset}: "
             f"the log was truncated or deleted and created again, it is not the log the ledger read "
-            f"({CHANGE_RULES})")
+            f"({INPUT_LOG})")
 
 
 class LogGuard:
@@ -102,7 +102,7 @@ class LogGuard:
             except Exception as e:  # noqa: BLE001 (the fetch error below is still the answer)
                 log.warning("position_check_failed", partition=p, error=str(e))
         return PipelineMismatch(f"reading {self.topic} failed: {err.str()}: records the pipeline has not "
-                                f"read are no longer in the log ({CHANGE_RULES})")
+                                f"read are no longer in the log ({INPUT_LOG})")
 
     # ---- internals --------------------------------------------------------
 

@@ -52,7 +52,8 @@ def ledger_state(p: Pipeline) -> dict[str, Any]:
         return {
             "partitions": conn.execute(
                 """SELECT partition, next_offset, owner_generation, max_event_time_ms, watermark_ms
-                   FROM partition_state WHERE pipeline_id = %s ORDER BY partition""", (p.pipeline_id,)).fetchall(),
+                   FROM partition_state WHERE pipeline_id = %s ORDER BY partition""",
+                (p.pipeline_id,)).fetchall(),
             "checkpoints": conn.execute("SELECT count(*) FROM ledger_checkpoint WHERE pipeline_id = %s",
                                         (p.pipeline_id,)).fetchone(),
             "batches": conn.execute("SELECT count(*) FROM sink_batch WHERE pipeline_id = %s",
@@ -90,7 +91,8 @@ def assert_exact(p: Pipeline, *flags: str) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
-def test_a_restart_with_a_larger_lateness_is_refused_and_the_final_window_stays_right(pipeline: Pipeline) -> None:
+def test_a_restart_with_a_larger_lateness_is_refused_and_the_final_window_stays_right(
+        pipeline: Pipeline) -> None:
     p = pipeline
     # the minute [T0, T0+1m) is final (dropped from state) once the watermark passes T0+2m
     produce(p.bootstrap, p.topic, [ev(0, t=T0 + 1_000), ev(1, t=T0 + 2_000), ev(2, t=T0 + 3_000),
@@ -157,8 +159,8 @@ def test_two_instances_started_at_once_with_other_rules_only_one_commits(pipelin
                            "--state-dir", str(p.tmp / "b"))}
     lines = {k: Lines(proc) for k, proc in procs.items()}
     for k, ln in lines.items():
-        ln.wait_for(lambda s: '"pipeline_rules_checked"' in s and '"at": "start"' in s and '"pinned": false' in s,
-                    f"the {k} instance's start check with nothing pinned", 60)
+        ln.wait_for(lambda s: '"pipeline_rules_checked"' in s and '"at": "start"' in s
+                    and '"pinned": false' in s, f"the {k} instance's start check with nothing pinned", 60)
     deadline = time.monotonic() + 60
     with p.ledger() as conn:
         while True:  # both own partitions before there is anything to commit
@@ -167,7 +169,8 @@ def test_two_instances_started_at_once_with_other_rules_only_one_commits(pipelin
                 (p.pipeline_id,)).fetchone()  # type: ignore[misc]
             if owners == 2 and parts == 4:
                 break
-            assert time.monotonic() < deadline, f"two instances never shared the 4 partitions ({owners}, {parts})"
+            assert time.monotonic() < deadline, \
+                f"two instances never shared the 4 partitions ({owners} owners, {parts} partitions)"
             time.sleep(0.2)
     assert pinned_rules(p) is None
 
@@ -245,9 +248,11 @@ def test_two_first_commits_with_other_rules_race_and_exactly_one_lands(postgres:
                 while watch.execute(
                         """SELECT count(*) FROM pg_locks WHERE NOT granted
                              AND relation = 'pipeline_rules'::regclass
-                             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+                             AND database = (SELECT oid FROM pg_database
+                                             WHERE datname = current_database())"""
                 ).fetchone()[0] < 2:  # type: ignore[index]
-                    assert time.monotonic() < deadline and not outcome, f"both commits never waited: {outcome}"
+                    assert time.monotonic() < deadline and not outcome, \
+                        f"both commits never waited: {outcome}"
                     time.sleep(0.05)
             gate.commit()
         for t in threads:
@@ -257,12 +262,14 @@ def test_two_first_commits_with_other_rules_race_and_exactly_one_lands(postgres:
         assert len(refused) == 1 and len(landed) == 1, outcome
         assert "--allowed-lateness-minute" in str(outcome[refused[0]])
         with psycopg.connect(postgres, autocommit=True) as conn:
-            offsets = dict(conn.execute("SELECT partition, next_offset FROM partition_state WHERE pipeline_id = %s",
-                                        (pid,)).fetchall())
+            offsets = dict(conn.execute(
+                "SELECT partition, next_offset FROM partition_state WHERE pipeline_id = %s",
+                (pid,)).fetchall())
             checkpoints = conn.execute("SELECT count(*) FROM ledger_checkpoint WHERE pipeline_id = %s",
                                        (pid,)).fetchone()[0]  # type: ignore[index]
-            pinned = conn.execute("SELECT allowed_lateness_minute_ms FROM pipeline_rules WHERE pipeline_id = %s",
-                                  (pid,)).fetchone()[0]  # type: ignore[index]
+            pinned = conn.execute(
+                "SELECT allowed_lateness_minute_ms FROM pipeline_rules WHERE pipeline_id = %s",
+                (pid,)).fetchone()[0]  # type: ignore[index]
         assert offsets == {landed[0]: 10, refused[0]: 0} and checkpoints == 1
         assert pinned == ledgers[landed[0]].pin.rules.allowed_lateness_minute_ms  # type: ignore[union-attr]
         # the refused side stays refused on retry; the winner goes on
@@ -273,4 +280,4 @@ def test_two_first_commits_with_other_rules_race_and_exactly_one_lands(postgres:
             ledger.close()
         with psycopg.connect(postgres, autocommit=True) as conn:
             for table in ("partition_state", "ledger_checkpoint", "pipeline_rules"):
-                conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed names)
+                conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed)

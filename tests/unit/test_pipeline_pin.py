@@ -42,14 +42,15 @@ def test_equal_rules_pass_and_each_difference_is_named_with_both_values() -> Non
         check_rules("rollups", PINNED, LatenessFlags(5_000, 3_600_000, 3_600_000, 1_048_576))
     msg = str(e.value)
     assert "\n" not in msg and "pipeline 'rollups'" in msg and "first checkpoint 17" in msg
-    assert "--allowed-lateness-minute 1m (this process: 1h); --allowed-lateness-hour 1m (this process: 1h)" in msg
+    assert ("--allowed-lateness-minute 1m (this process: 1h); "
+            "--allowed-lateness-hour 1m (this process: 1h)") in msg
     assert "new --pipeline-id or a backfill" in msg
     assert isinstance(e.value, FatalError)  # never retried
 
 
 def test_the_processor_config_maps_to_the_pinned_rules() -> None:
-    assert rules_of(LatenessPolicy(5_000, 60_000, 120_000), 1_048_576) == LatenessFlags(5_000, 60_000, 120_000,
-                                                                                       1_048_576)
+    assert rules_of(LatenessPolicy(5_000, 60_000, 120_000), 1_048_576) == \
+        LatenessFlags(5_000, 60_000, 120_000, 1_048_576)
 
 
 def test_the_log_must_be_the_recorded_one() -> None:
@@ -79,5 +80,6 @@ def test_the_log_must_hold_the_next_offset() -> None:
         check_position("events", 3, 9, 12, 20)
     with pytest.raises(PipelineMismatch, match=r"records \[0, 4\) were deleted"):
         check_position("events", 3, 0, 4, 20)  # a partition never read: its first records are gone too
-    with pytest.raises(PipelineMismatch, match=r"events\[3\] ends at offset 4, but the ledger has read up to 9"):
+    with pytest.raises(PipelineMismatch, match=r"events\[3\] ends at offset 4, but the ledger has read up "
+                                               r"to 9"):
         check_position("events", 3, 9, 0, 4)
