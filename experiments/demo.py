@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 from app.core.config import env, psycopg_conninfo  # noqa: E402
 
 LEDGER_TABLES = ("sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
-                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint")
+                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint", "pipeline_rules")
 
 
 def main() -> int:

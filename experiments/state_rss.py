@@ -38,7 +38,7 @@ from app.core.config import env, psycopg_conninfo
 from app.core.kafka import ensure_topic, producer_config
 
 LEDGER_TABLES = ("sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count", "partition_state",
-                 "pipeline_run", "ledger_checkpoint")
+                 "pipeline_run", "ledger_checkpoint", "pipeline_rules")
 COUNTRIES = ("US", "DE", "GB", "FR", "JP", "IN", "BR", "CA", "AU", "IT", "ES", "MX", "KR", "NL", "SE", "CH")
 HOUR_START_MS = 1_763_596_800_000  # 2025-11-20T00:00:00Z
 RESULTS = REPO / "experiments" / "results"

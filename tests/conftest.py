@@ -119,7 +119,7 @@ class Pipeline:
 
 
 LEDGER_TABLES = ("sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
-                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint")
+                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint", "pipeline_rules")
 
 
 @pytest.fixture

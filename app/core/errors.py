@@ -23,3 +23,9 @@ class OwnershipLost(InvariantViolation):
 
 class ServiceLocked(FatalError):
     """An embedded ClickHouse path is owned by another process."""
+
+
+class PipelineMismatch(FatalError):
+    """The rules or the input log differ from what the pipeline id is pinned to in the
+    ledger (contract §2, §3), or input the ledger has not read is gone: an operator
+    decision (a new pipeline id, a backfill), never a retry. Exit code 2."""

@@ -1,11 +1,12 @@
-"""Kafka helpers shared by the stages: client configs, topic creation, end offsets."""
+"""Kafka helpers shared by the stages: client configs, topic creation, end offsets, topic identity."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.core.errors import RetryableError
@@ -132,3 +133,34 @@ def watermark_offsets(consumer: Consumer, topic: str, partition: int,
 
 def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     return {p: watermark_offsets(consumer, topic, p)[1] for p in partitions_of(consumer, topic)}
+
+
+# Kafka's "no topic id" (all-zero UUID): brokers without topic ids report it.
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicIdentity:
+    """Which log a topic name stands for: a topic deleted and created again under the same
+    name gets a new topic id and offsets that restart at 0; more partitions move keys."""
+
+    topic: str
+    topic_id: str | None   # base64 UUID; None when the broker reports none
+    partitions: int
+
+
+def topic_identity(client: AdminClient, topic: str, timeout_s: float = 10.0) -> TopicIdentity | None:
+    """The topic's id and partition count, or None when it does not exist.
+    RetryableError when Kafka cannot answer."""
+    future = client.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[topic]
+    try:
+        d = future.result(timeout=timeout_s + 5)
+    except KafkaException as e:
+        err = e.args[0] if e.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return None
+        raise RetryableError(f"cannot describe topic {topic}: {e}") from e
+    except Exception as e:  # a timed-out future raises concurrent.futures.TimeoutError
+        raise RetryableError(f"cannot describe topic {topic}: {type(e).__name__}: {e}") from e
+    topic_id = str(d.topic_id) if d.topic_id is not None else None
+    return TopicIdentity(topic, None if topic_id in (None, _NO_TOPIC_ID) else topic_id, len(d.partitions))

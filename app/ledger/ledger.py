@@ -21,6 +21,7 @@ from psycopg.types.json import Jsonb
 from app.core.config import mask_url, psycopg_conninfo
 from app.core.errors import InvariantViolation, OwnershipLost, RetryableError
 from app.core.faults import crash_point
+from app.ledger import pipeline_rules
 from app.ledger import rows as window_rows
 from app.ledger.identity import batch_id as make_batch_id
 
@@ -114,6 +115,9 @@ class Ledger:
         self.pipeline_id = pipeline_id
         self.topic = topic
         self._conn: psycopg.Connection[Any] | None = None
+        # the processor's rules and input log (app/processor/log_guard.py): each commit records
+        # them as the pipeline's first checkpoint or requires the recorded ones
+        self.pin: pipeline_rules.PipelinePin | None = None
 
     # ---- connection -------------------------------------------------------
 
@@ -284,7 +288,9 @@ class Ledger:
         1. lock the partitions' ledger rows and fence: each must still be owned by our
            generation and stand at the checkpoint's from_offset (a row already at our
            next_offset means a retry of a commit that did land: report it, change nothing);
-        2. allocate the checkpoint id, which is the version of every row it emits;
+        2. allocate the checkpoint id, which is the version of every row it emits; the
+           pipeline's first checkpoint records its rules and input log (`self.pin`), every
+           later one must carry the same (app/ledger/pipeline_rules.py);
         3. insert one sink batch per rollup table, id derived from the offset ranges;
         4. add the DLQ counts;
         5. advance next_offset / watermark of every partition covered;
@@ -335,6 +341,8 @@ class Ledger:
                    VALUES (%s, %s, %s, %s, %s)
                    RETURNING checkpoint_id, (extract(epoch FROM created_at) * 1000000)::bigint""",
                 (self.pipeline_id, cp.source, cp.topic, parts, cp.records)).fetchone()  # type: ignore[misc]
+            if self.pin is not None:
+                pipeline_rules.check_or_record(conn, self.pipeline_id, self.pin, int(checkpoint_id))
             # 3. sink batches
             ranges = cp.offset_ranges
             ranges_json = Jsonb([[p, a, b] for p, (a, b) in sorted(ranges.items())])

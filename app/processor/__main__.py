@@ -21,7 +21,7 @@ from app.core.config import (
     positive_int_arg,
     service_settings,
 )
-from app.core.errors import FatalError, PipelineError
+from app.core.errors import FatalError, PipelineError, PipelineMismatch
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
@@ -31,11 +31,31 @@ from app.processor.leveldb_store import LevelDBOptions
 from app.processor.windows import LatenessPolicy
 
 
+EPILOG = """\
+rules pinned to the pipeline id (contract §2, §3; docs/watermarks.md):
+  The first checkpoint of a --pipeline-id records --max-out-of-orderness, the allowed
+  lateness per kind, --max-record-bytes and the events topic's id and partition count in
+  the ledger. A processor started with other values refuses with one line naming both
+  (exit 2) before it reads anything: windows already emitted and dropped as final follow
+  the pinned rules. Other rules need a new --pipeline-id or a backfill (docs/watermarks.md,
+  "Changing the rules"), never a flag flip. On every assignment each partition's log must
+  still hold the ledger's next offset: records deleted before they were read, a topic
+  deleted and created again, or added partitions stop the processor (exit 2).
+
+exit status:
+  0  stopped: --until-end reached, or SIGTERM/SIGINT
+  1  failed: an invariant broke, a fatal Kafka error or an unexpected error
+  2  usage error, rules other than the pipeline's pinned ones, or an input log that is
+     not the one the ledger read (records lost, topic recreated, partitions added)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m app.processor",
-                       description="Consume the events topic, keep per-minute and per-hour windows keyed by "
-                                   "(account_id, country), and commit changed windows, offsets and DLQ counts "
-                                   "to the Postgres ledger in one transaction per checkpoint.")
+                       description="Consume the events topic, keep per-minute and per-hour windows keyed\n"
+                                   "by (account_id, country), and commit changed windows, offsets and DLQ\n"
+                                   "counts to the Postgres ledger in one transaction per checkpoint.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_service_args(p)
     add_lateness_args(p, "windows and watermark")
     b = p.add_argument_group("checkpoints and batches")
@@ -105,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_metrics(args.metrics_port, args.metrics_host)
     try:
         return Processor(cfg).run()
+    except PipelineMismatch as e:  # before FatalError: it is one; an operator decision, like a bad flag
+        sys.stdout.flush()
+        sys.stderr.write(f"processor: error: {e}\n")
+        return 2
     except FatalError as e:
         log.error("processor_fatal", error=str(e))
         return 1

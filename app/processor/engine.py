@@ -40,6 +40,7 @@ from app.processor.batch import tables_by_kind
 from app.processor.decode import InvalidEvent, decode_event
 from app.processor.dlq import DeadLetters
 from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore, StateSlot
+from app.processor.log_guard import LogGuard, rules_of
 from app.processor.state import InMemoryWindowStore, WindowKey, WindowStore
 from app.processor.windows import KINDS, LatenessPolicy
 
@@ -105,9 +106,13 @@ class Processor:
         s = cfg.services
         self.ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
         self.dlq = DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.events_topic)
+        self.guard = LogGuard(s.kafka_bootstrap_servers, self.ledger, s.events_topic,
+                              rules_of(cfg.policy, cfg.max_record_bytes), should_stop=lambda: self.stopping)
         self.consumer = Consumer(consumer_config(
             s.kafka_bootstrap_servers, s.pipeline_id,
             **{"partition.assignment.strategy": "cooperative-sticky", "client.id": cfg.instance_id,
+               # never jump over records the ledger has not read: an out-of-range fetch is an error
+               "auto.offset.reset": "error",
                # a SIGKILLed owner's partitions move on after this long
                "session.timeout.ms": cfg.session_timeout_ms,
                "heartbeat.interval.ms": max(500, cfg.session_timeout_ms // 5)}))
@@ -132,6 +137,7 @@ class Processor:
         gc.set_threshold(*_GC_THRESHOLDS)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGINT, self._on_sigterm)
+        self.guard.check_start()  # the pinned rules and input log, before anything is read
         retry_call(lambda: ensure_topic(s.kafka_bootstrap_servers, s.dlq_topic, self.cfg.dlq_partitions),
                    what="kafka_dlq_topic", should_stop=lambda: self.stopping)
         if self.cfg.until_end:
@@ -184,6 +190,7 @@ class Processor:
     # ---- rebalance --------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.guard.check_assignment()
         tps = []
         for tp in partitions:
             owned = retry_call(lambda p=tp.partition: self._restore(p), what="postgres_restore_partition")
@@ -211,6 +218,7 @@ class Processor:
         (latest snapshot + later batches). Offsets always come from the ledger."""
         started = time.monotonic()
         claim = self.ledger.claim_partition(partition, self.cfg.instance_id)
+        self.guard.check_position(self.consumer, partition, claim.next_offset)
         store = self._open_store(partition)
         try:
             local = store.committed_ref()
@@ -370,6 +378,9 @@ class Processor:
         metrics.DLQ_RECORDS.labels(reason=reason, window_kind=kind or "").inc()
 
     def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._AUTO_OFFSET_RESET:  # the log no longer holds our next offset
+            raise self.guard.fetch_out_of_range(self.consumer, err,
+                                                {p: o.next_offset for p, o in self.owned.items()})
         if err.fatal():
             raise FatalError(f"Kafka fatal error: {err}")
         log.warning("kafka_error", error=str(err), retriable=err.retriable())
