@@ -117,7 +117,7 @@ def cut_blocks(table: pa.Table, block_rows: int, cut: str) -> pa.Table:
     window_start changes, so a block holds one day: it touches one day partition (two on
     a server whose time zone is not UTC), never more than max_partitions_per_insert_block,
     and makes as many parts as the 'rows' cut did. Rows arrive sorted by window_start
-    (`group_rows`); vectorised: only the loop over the blocks is Python."""
+    (`group_rows`); vectorised: only the loops over days and blocks are Python."""
     if cut == "rows":
         return split_blocks(table, block_rows)
     if cut != "utc_day":
@@ -127,10 +127,9 @@ def cut_blocks(table: pa.Table, block_rows: int, cut: str) -> pa.Table:
     if n == 0:
         return split_blocks(table, block_rows)
     day = table.column("window_start").cast(pa.int64()).to_numpy() // DAY_S
-    idx = np.arange(n)
-    # first row of each run of one day, spread over the run: position within the day
-    day_start = np.maximum.accumulate(np.where(np.concatenate(([True], day[1:] != day[:-1])), idx, 0))
-    starts = np.flatnonzero((idx - day_start) % block_rows == 0)
+    day_starts = np.concatenate(([0], np.flatnonzero(day[1:] != day[:-1]) + 1, [n]))
+    starts = np.concatenate([np.arange(a, b, block_rows) for a, b in zip(day_starts[:-1], day_starts[1:],
+                                                                          strict=True)])
     ends = np.append(starts[1:], n)
     (whole,) = table.to_batches()
     return pa.Table.from_batches([whole.slice(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)],
