@@ -5,8 +5,8 @@ mode still re-sends the very blocks of the first attempt, so ClickHouse's per-bl
 
 Before the fix the retry was cut with the new flags: its first block carried the id of
 the first attempt's first block and was dropped whole (rows lost for good). This test
-failed on main at 6e6c674 (verify: 1,227 hour rows missing) and passes once the layout is
-recorded with the group (migration 0006_group_layout)."""
+failed on main at 6e6c674 (verify: 1,227 and 1,272 hour rows missing in two runs) and
+passes since 9b4b256 (the layout recorded with the group, migration 0006_group_layout)."""
 
 from __future__ import annotations
 

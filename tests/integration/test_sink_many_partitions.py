@@ -4,8 +4,8 @@ ClickHouse refuses a block that touches more than `max_partitions_per_insert_blo
 partitions (code 252), and the sink used to retry that forever with the group still open:
 open groups resume first, so delivery stopped for good and backpressure then halted the
 processor. This test failed on main at 6e6c674 (the sink never finished: code 252 retried
-until the test's deadline) and passes since the sink cuts blocks at UTC day boundaries,
-recorded with the group's layout."""
+until the test's deadline) and passes since 9b4b256 (blocks cut at UTC day boundaries,
+recorded with the group's layout)."""
 
 from __future__ import annotations
 
