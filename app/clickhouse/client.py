@@ -18,6 +18,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from app.clickhouse.errors import translate
 from app.clickhouse.schema import MIGRATIONS, SCHEMA_VERSION_DDL
 from app.core.config import mask_url
 from app.core.errors import FatalError, RetryableError, ServiceLocked
@@ -50,13 +51,35 @@ ASYNC_INSERT_SETTINGS: dict[str, Any] = {
     "async_insert_deduplicate": 1,
 }
 
+TOKEN_SETTING = "insert_deduplication_token"
+
+
+def block_layout_settings(*, async_insert: bool = False) -> dict[str, Any]:
+    """Every setting of a rollup insert except its token. The sink records these with each
+    group before its first insert and sends the recorded ones on every retry: a default
+    changed here later never reshapes the blocks of a group already (partly) sent."""
+    settings: dict[str, Any] = {**DURABLE_INSERT_SETTINGS, **BLOCK_LAYOUT_SETTINGS}
+    if async_insert:
+        settings.update(ASYNC_INSERT_SETTINGS)
+    return settings
+
 
 def insert_settings(token: str, *, async_insert: bool = False) -> dict[str, Any]:
     """Settings of every rollup insert: durable, deduplicated by `token`, fixed block layout."""
-    settings: dict[str, Any] = {**DURABLE_INSERT_SETTINGS, **BLOCK_LAYOUT_SETTINGS,
-                                "insert_deduplication_token": token}
+    return {**block_layout_settings(async_insert=async_insert), TOKEN_SETTING: token}
+
+
+def legacy_insert_settings(*, async_insert: bool = False) -> dict[str, Any]:
+    """What the sink sent before groups recorded their layout (migration 0006), frozen
+    here so that a later change of the defaults above cannot reshape those groups' blocks.
+    Their blocks were cut every --insert-block-rows rows whatever the day, so one could
+    touch more than 100 day partitions: the limit is lifted (it only decides whether such
+    a block is refused; it changes neither the parts written nor their dedup ids)."""
+    settings: dict[str, Any] = {"async_insert": 0, "insert_deduplicate": 1, "min_insert_block_size_rows": 0,
+                                "min_insert_block_size_bytes": 0, "max_insert_threads": 1, "optimize_on_insert": 0}
     if async_insert:
-        settings.update(ASYNC_INSERT_SETTINGS)
+        settings.update({"async_insert": 1, "wait_for_async_insert": 1, "async_insert_deduplicate": 1})
+    settings["max_partitions_per_insert_block"] = 0
     return settings
 
 
@@ -76,8 +99,17 @@ class ClickHouseTarget:
         return Path(parts.path) if not parts.netloc else None
 
 
+# A server that does not accept the TCP connection within this is down for this attempt
+# (the retry comes soon). A slow answer is another matter: an insert of a large group may
+# legitimately take minutes under merge pressure, hence the long send/receive timeout.
+CONNECT_TIMEOUT_S = 5
+SEND_RECEIVE_TIMEOUT_S = 300
+
+
 def connect(url: str) -> Client:
-    """Open a client; translate lock and connection failures into our error types."""
+    """Open a client; translate lock and connection failures into our error types: a
+    transient one is a RetryableError, a wrong password or database a ClickHouseConfigError,
+    any other answer with an error code a ClickHouseRejected (app/clickhouse/errors.py)."""
     target = ClickHouseTarget(url)
     try:
         if target.embedded:
@@ -86,9 +118,10 @@ def connect(url: str) -> Client:
                 _raise_if_locked(target.path)
             client = clickhouse_connect.get_client(dsn=url, settings={"async_insert": 0})
         else:
-            client = clickhouse_connect.get_client(dsn=url, connect_timeout=10, send_receive_timeout=300)
-    except (OperationalError, ConnectionError, OSError) as e:
-        raise RetryableError(f"ClickHouse unreachable at {mask_url(url)}: {e}") from e
+            client = clickhouse_connect.get_client(dsn=url, connect_timeout=CONNECT_TIMEOUT_S,
+                                                   send_receive_timeout=SEND_RECEIVE_TIMEOUT_S)
+    except (ClickHouseError, ConnectionError, OSError) as e:
+        raise translate(e, "connecting", url) from e
     return client
 
 

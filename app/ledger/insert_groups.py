@@ -1,10 +1,11 @@
 """Sink side of the ledger for coalesced inserts: groups of pending batches of one table.
 
-A group is recorded (id, token, ordered member list) in one transaction BEFORE its
-ClickHouse insert, and acknowledged (group and every member) in one transaction after
-it. A batch joins at most one group, for good: after a crash the sink resumes the open
-group with the same members, hence the same rows in the same order and the same token,
-instead of forming a different group whose blocks ClickHouse could not recognise.
+A group is recorded (id, token, ordered member list, block layout) in one transaction
+BEFORE its ClickHouse insert, and acknowledged (group and every member) in one
+transaction after it. A batch joins at most one group, for good: after a crash the sink
+resumes the open group with the same members and the same recorded layout, hence the same
+rows in the same blocks with the same token, instead of sending blocks ClickHouse could
+not recognise (it deduplicates a block by token and position, not by content).
 
 Also here: the backlog figures the processor's backpressure reads (`pending_work`).
 """
@@ -12,12 +13,13 @@ Also here: the backlog figures the processor's backpressure reads (`pending_work
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 import psycopg
 import pyarrow as pa
+from psycopg.types.json import Jsonb
 
 from app.core.errors import InvariantViolation, RetryableError
 from app.ledger import rows as window_rows
@@ -41,6 +43,23 @@ class BatchHeader:
     age_s: float                       # now() - created_at, by the ledger's clock
 
 
+BLOCK_CUTS: Final = ("rows", "utc_day")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockLayout:
+    """How a group's rows become ClickHouse blocks: part of the group, recorded with it
+    before its first insert and used by every retry, whatever the flags say then."""
+
+    block_rows: int                    # at most this many rows per block
+    cut: str                           # 'utc_day': also cut where the UTC day changes; 'rows': only every block_rows
+    settings: Mapping[str, Any]        # every insert setting except the token, as sent
+
+    def __post_init__(self) -> None:
+        if self.block_rows < 1 or self.cut not in BLOCK_CUTS:
+            raise InvariantViolation(f"invalid block layout: {self.block_rows} rows per block, cut {self.cut!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class InsertGroup:
     group_id: int
@@ -51,6 +70,7 @@ class InsertGroup:
     reason: str                        # 'rows' | 'max_wait' | 'drain'
     insert_attempts: int = 0
     status: str = "pending"
+    layout: BlockLayout | None = None  # None: recorded before migration 0006 (docs/sink.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +100,12 @@ def group_token(pipeline_id: str, gid: int) -> str:
     return f"{pipeline_id}:g{gid}"
 
 
-def new_group(pipeline_id: str, table: str, members: Sequence[BatchHeader], reason: str) -> InsertGroup:
+def new_group(pipeline_id: str, table: str, members: Sequence[BatchHeader], reason: str,
+              layout: BlockLayout | None = None) -> InsertGroup:
     ids = tuple(m.batch_id for m in members)
     gid = group_id(pipeline_id, table, ids)
-    return InsertGroup(gid, table, group_token(pipeline_id, gid), ids, sum(m.row_count for m in members), reason)
+    return InsertGroup(gid, table, group_token(pipeline_id, gid), ids, sum(m.row_count for m in members), reason,
+                       layout=layout)
 
 
 # ---- reads ----------------------------------------------------------------
@@ -95,11 +117,10 @@ def open_groups(ledger: Ledger, limit: int = 1) -> list[InsertGroup]:
     # while both the pending groups and the pending batches are few.
     def tx(conn: psycopg.Connection[Any]) -> list[InsertGroup]:
         return [_group(r) for r in conn.execute(
-            """SELECT group_id, table_name, token, member_batch_ids, row_count, reason, insert_attempts, status, seq
+            f"""SELECT {_GROUP_COLUMNS}, seq
                FROM sink_group WHERE pipeline_id = %(p)s AND status = 'pending'
-               UNION
-               SELECT g.group_id, g.table_name, g.token, g.member_batch_ids, g.row_count, g.reason,
-                      g.insert_attempts, g.status, g.seq
+               UNION ALL
+               SELECT {_GROUP_COLUMNS}, seq
                FROM sink_group g
                WHERE g.pipeline_id = %(p)s AND g.status = 'acked' AND g.group_id IN (
                      SELECT b.group_id FROM sink_batch b
@@ -151,21 +172,32 @@ def pending_work(ledger: Ledger) -> PendingWork:
 # ---- writes ---------------------------------------------------------------
 
 def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
-    """Step 1 of a group's life, one transaction: the group row and every member's
-    group_id. Raises GroupConflict (nothing written) if a member is already grouped.
+    """Step 1 of a group's life, one transaction: the group row with its block layout and
+    every member's group_id. Raises GroupConflict (nothing written) if a member is already
+    grouped. Returns the group as recorded.
 
-    A group row with the same id can only pre-exist if its ledger batches were deleted
-    and re-created (a reset scope re-running the same offsets): it is taken over."""
-    def tx(conn: psycopg.Connection[Any]) -> None:
-        conn.execute(
-            """INSERT INTO sink_group (pipeline_id, group_id, table_name, token, member_batch_ids,
-                                       row_count, reason)
-               VALUES (%s, %s, %s, %s, %s, %s, %s)
+    A group row with the same id can only pre-exist if its ledger batches were deleted and
+    re-created (a reset scope re-running the same offsets): it is taken over, keeping the
+    layout it already had, since its earlier blocks may be in ClickHouse."""
+    if group.layout is None:
+        raise InvariantViolation(f"group {group.group_id}: a group is recorded with its block layout")
+    layout = group.layout
+
+    def tx(conn: psycopg.Connection[Any]) -> InsertGroup:
+        row = conn.execute(
+            """INSERT INTO sink_group AS g (pipeline_id, group_id, table_name, token, member_batch_ids,
+                                            row_count, reason, insert_block_rows, block_cut, insert_settings)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                ON CONFLICT (pipeline_id, group_id) DO UPDATE
                  SET status = 'pending', acked_at = NULL, reason = EXCLUDED.reason,
-                     row_count = EXCLUDED.row_count, insert_attempts = 0, created_at = now()""",
+                     row_count = EXCLUDED.row_count, insert_attempts = 0, created_at = now(),
+                     insert_block_rows = coalesce(g.insert_block_rows, EXCLUDED.insert_block_rows),
+                     block_cut = coalesce(g.block_cut, EXCLUDED.block_cut),
+                     insert_settings = coalesce(g.insert_settings, EXCLUDED.insert_settings)
+               RETURNING insert_block_rows, block_cut, insert_settings""",
             (ledger.pipeline_id, group.group_id, group.table_name, group.token, list(group.member_batch_ids),
-             group.row_count, group.reason))
+             group.row_count, group.reason, layout.block_rows, layout.cut, Jsonb(dict(layout.settings)))).fetchone()
+        assert row is not None
         joined = conn.execute(
             """UPDATE sink_batch SET group_id = %s
                WHERE pipeline_id = %s AND batch_id = ANY(%s) AND status = 'pending' AND group_id IS NULL""",
@@ -173,8 +205,25 @@ def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
         if joined != len(group.member_batch_ids):
             raise GroupConflict(f"group {group.group_id}: {len(group.member_batch_ids) - joined} of "
                                 f"{len(group.member_batch_ids)} members already grouped or acknowledged")
-    ledger._run(tx)
-    return group
+        return replace(group, layout=_layout(row))
+    return ledger._run(tx)  # type: ignore[no-any-return]
+
+
+def adopt_layout(ledger: Ledger, group: InsertGroup, layout: BlockLayout) -> InsertGroup:
+    """Give a group recorded before migration 0006 its layout, once: if another sink
+    recorded one first, that one is kept and returned."""
+    def tx(conn: psycopg.Connection[Any]) -> InsertGroup:
+        conn.execute(
+            """UPDATE sink_group SET insert_block_rows = %s, block_cut = %s, insert_settings = %s
+               WHERE pipeline_id = %s AND group_id = %s AND insert_block_rows IS NULL""",
+            (layout.block_rows, layout.cut, Jsonb(dict(layout.settings)), ledger.pipeline_id, group.group_id))
+        row = conn.execute(
+            """SELECT insert_block_rows, block_cut, insert_settings FROM sink_group
+               WHERE pipeline_id = %s AND group_id = %s""", (ledger.pipeline_id, group.group_id)).fetchone()
+        if row is None or row[0] is None:
+            raise InvariantViolation(f"group {group.group_id} vanished from the ledger while resuming it")
+        return replace(group, layout=_layout(row))
+    return ledger._run(tx)  # type: ignore[no-any-return]
 
 
 def record_group_attempt(ledger: Ledger, group: InsertGroup) -> None:
@@ -199,5 +248,17 @@ def acknowledge_group(ledger: Ledger, group: InsertGroup) -> None:
     ledger._run(tx)
 
 
+_GROUP_COLUMNS: Final = ("group_id, table_name, token, member_batch_ids, row_count, reason, insert_attempts, "
+                         "status, insert_block_rows, block_cut, insert_settings")
+
+
+def _layout(r: Sequence[Any]) -> BlockLayout | None:
+    """(insert_block_rows, block_cut, insert_settings) -> the layout; NULLs: before 0006."""
+    if r[0] is None:
+        return None
+    return BlockLayout(int(r[0]), str(r[1]), dict(r[2]))
+
+
 def _group(r: Sequence[Any]) -> InsertGroup:
-    return InsertGroup(int(r[0]), r[1], r[2], tuple(int(b) for b in r[3]), int(r[4]), r[5], int(r[6]), r[7])
+    return InsertGroup(int(r[0]), r[1], r[2], tuple(int(b) for b in r[3]), int(r[4]), r[5], int(r[6]), r[7],
+                       _layout(r[8:11]))

@@ -8,6 +8,7 @@ import sys
 import structlog
 
 from app.clickhouse.client import raise_fatal_on_bad_url
+from app.clickhouse.errors import ClickHouseRejected
 from app.core.config import (
     ArgumentParser,
     add_runtime_args,
@@ -45,10 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="insert whatever a table has pending once its oldest batch has waited this long "
                         "(default 5s)")
     b.add_argument("--insert-block-rows", type=positive_int_arg, default=DEFAULT_INSERT_BLOCK_ROWS,
-                   help="rows per ClickHouse block of an insert; blocks are what the dedup token "
-                        "recognises on a retry (default %(default)s)")
+                   help="at most this many rows per ClickHouse block of an insert (a block also ends where the "
+                        "UTC day changes); recorded with each new group, a group already recorded keeps its "
+                        "own on every retry (default %(default)s)")
     b.add_argument("--async-insert", action="store_true",
-                   help="use ClickHouse async inserts (deduplicated, waited for) instead of synchronous ones")
+                   help="use ClickHouse async inserts (deduplicated, waited for) instead of synchronous ones "
+                        "for new groups; recorded like the block size")
     f = p.add_argument_group("insert fault injection (testing; needs --fault-injection)")
     f.add_argument("--fail-insert-every", type=non_negative_int_arg, default=0, metavar="N",
                    help="make every Nth insert call fail (then retried), 0 = never (default 0)")
@@ -77,16 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     settings = service_settings(args)
     cfg = SinkConfig(services=settings, until_idle=args.until_idle,
                      policy=GroupPolicy(batch_rows=args.batch_rows, max_wait_s=args.batch_max_wait),
-                     insert_block_rows=args.insert_block_rows)
+                     insert_block_rows=args.insert_block_rows, async_insert=args.async_insert)
     try:
         raise_fatal_on_bad_url(settings.clickhouse_url)
         serve_metrics(args.metrics_port, args.metrics_host)
-        writer: RollupWriter = ClickHouseWriter(settings.clickhouse_url, async_insert=args.async_insert)
+        writer: RollupWriter = ClickHouseWriter(settings.clickhouse_url)
         if faults.enabled:
             log.warning("insert_faults_enabled", every=faults.every, probability=faults.probability,
                         seed=faults.seed, mode=faults.mode)
             writer = FaultyWriter(writer, faults)
         return Sink(cfg, writer).run()
+    except ClickHouseRejected as e:  # a wrong password (2), an incompatible table (1): retrying cannot help
+        log.error("sink_fatal", error=str(e), code=e.code, exit_code=e.exit_code)
+        return e.exit_code
     except FatalError as e:
         log.error("sink_fatal", error=str(e))
         return 1

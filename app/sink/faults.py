@@ -20,8 +20,9 @@ drawn from a generator seeded by `seed`.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import pyarrow as pa
 import structlog
@@ -73,9 +74,12 @@ class FaultyWriter:
         every = self.plan.every > 0 and self.calls % self.plan.every == 0
         return every or drawn
 
-    def insert(self, table: str, rows: pa.Table, token: str) -> None:
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    def insert(self, table: str, rows: pa.Table, token: str, settings: Mapping[str, Any] | None = None) -> None:
         if not self.should_fail():
-            self.inner.insert(table, rows, token)
+            self.inner.insert(table, rows, token, settings)
             return
         self.injected += 1
         mode = self.plan.mode
@@ -83,11 +87,11 @@ class FaultyWriter:
         blocks = rows.to_batches()
         written = 0
         if mode == "after":
-            self.inner.insert(table, rows, token)
+            self.inner.insert(table, rows, token, settings)
             written = len(blocks)
         elif mode == "mid" and len(blocks) >= 2:
             written = (len(blocks) + 1) // 2
-            self.inner.insert(table, pa.Table.from_batches(blocks[:written], schema=rows.schema), token)
+            self.inner.insert(table, pa.Table.from_batches(blocks[:written], schema=rows.schema), token, settings)
         log.warning("insert_fault_injected", table=table, token=token, mode=mode, call=self.calls,
                     blocks=len(blocks), blocks_written=written)
         raise InjectedInsertFault(f"injected insert fault ({mode}): {written} of {len(blocks)} blocks "

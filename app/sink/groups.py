@@ -1,7 +1,8 @@
 """Pure rules of coalesced inserts: which pending batches form the next group, and the
 exact rows (and blocks) a group inserts. No I/O here: the same inputs always give the
-same group, the same row order and the same block boundaries, which is what lets
-ClickHouse recognise every block of a retried insert by its token (docs/sink.md).
+same group, the same row order and, for the group's recorded layout, the same block
+boundaries, which is what lets ClickHouse recognise every block of a retried insert by
+its token (docs/sink.md).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from app.ledger.insert_groups import BatchHeader, MemberRows
+from app.ledger.insert_groups import BatchHeader, BlockLayout, InsertGroup, MemberRows
 
+DAY_S: Final = 86_400
 ROLLUP_COLUMNS: Final = ("window_start", "account_id", "country", "event_count", "sum_amount", "batch_id",
                          "version")
 # A total order: (window, key) is unique within a batch and version is unique per batch,
@@ -105,3 +107,42 @@ def split_blocks(table: pa.Table, block_rows: int) -> pa.Table:
 
 def block_count(rows: int, block_rows: int) -> int:
     return max(1, -(-rows // block_rows))
+
+
+def cut_blocks(table: pa.Table, block_rows: int, cut: str) -> pa.Table:
+    """A group's rows as the blocks of its recorded layout (record batches, in order).
+
+    'rows': every block_rows rows (`split_blocks`), the layout of groups recorded before
+    migration 0006. 'utc_day': a new block also starts wherever the UTC day of
+    window_start changes, so a block holds one day: it touches one day partition (two on
+    a server whose time zone is not UTC), never more than max_partitions_per_insert_block,
+    and makes as many parts as the 'rows' cut did. Rows arrive sorted by window_start
+    (`group_rows`); vectorised: only the loops over days and blocks are Python."""
+    if cut == "rows":
+        return split_blocks(table, block_rows)
+    if cut != "utc_day":
+        raise ValueError(f"unknown block cut {cut!r}")
+    table = table.combine_chunks()
+    n = table.num_rows
+    if n == 0:
+        return split_blocks(table, block_rows)
+    day = table.column("window_start").cast(pa.int64()).to_numpy() // DAY_S
+    day_starts = np.concatenate(([0], np.flatnonzero(day[1:] != day[:-1]) + 1, [n]))
+    starts = np.concatenate([np.arange(a, b, block_rows) for a, b in zip(day_starts[:-1], day_starts[1:],
+                                                                          strict=True)])
+    ends = np.append(starts[1:], n)
+    (whole,) = table.to_batches()
+    return pa.Table.from_batches([whole.slice(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)],
+                                 schema=table.schema)
+
+
+def resolve_layout(group: InsertGroup, *, current: BlockLayout, legacy: BlockLayout) -> tuple[BlockLayout, bool]:
+    """The layout of a group recorded before migration 0006 (none recorded): (layout,
+    assumed). Never sent (no attempt counted, still pending): nothing in ClickHouse
+    carries its token, any layout is safe, so the current one. Sent before: its blocks
+    were cut by the pre-0006 rules with the flags of the sink that sent it, which the
+    ledger does not know; the current flags are assumed (exactly what the old sink did on
+    a resume). docs/sink.md says how to upgrade without that assumption: drain first."""
+    if group.insert_attempts == 0 and group.status == "pending":
+        return current, False
+    return legacy, True

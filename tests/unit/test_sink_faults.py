@@ -18,7 +18,7 @@ class Recorder:
         self.inserts: list[tuple[str, list[int], str]] = []
         self.closed = False
 
-    def insert(self, table: str, rows: pa.Table, token: str) -> None:
+    def insert(self, table: str, rows: pa.Table, token: str, settings: object = None) -> None:
         self.inserts.append((table, [b.num_rows for b in rows.to_batches()], token))
 
     def close(self) -> None:
