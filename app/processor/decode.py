@@ -1,7 +1,10 @@
 """Input records -> validated events (contract §2). Invalid input is reported, never raised.
 
 msgspec validates types and most ranges in C; the bounds msgspec cannot express
-(uint64 account ids, int64 amounts) and the country rule are checked here.
+(uint64 account ids, int64 amounts) and the country rule are checked here, and so are the
+record-level rules: the value's size limit (`--max-record-bytes`) and the key, which must
+be exactly the ASCII decimal form of the event's account_id (a null key included: the
+processor relies on every event of an account being in one partition).
 """
 
 from __future__ import annotations
@@ -36,8 +39,29 @@ class InvalidEvent(Exception):
 _decoder: Final = msgspec.json.Decoder(Event)
 
 
+def decode_record(key: bytes | None, value: bytes | None, max_record_bytes: int) -> Event:
+    """Contract §2 for one Kafka record: the event, or InvalidEvent with the reason.
+
+    Order: size first (a 10 MB value is never parsed), then the value, then the key. The
+    key check formats the account id once and compares bytes: no parse of the key."""
+    if value is not None and len(value) > max_record_bytes:
+        raise InvalidEvent(f"value of {len(value)} bytes is larger than --max-record-bytes {max_record_bytes}")
+    ev = decode_event(value)
+    if key != b"%d" % ev.account_id:
+        raise InvalidEvent(_key_error(key, ev.account_id))
+    return ev
+
+
+def _key_error(key: bytes | None, account_id: int) -> str:
+    if key is None:
+        return f"key is null; it must be the account_id {account_id} in ASCII decimal"
+    shown = key[:40]
+    return (f"key {shown!r}{'...' if len(key) > 40 else ''} is not the account_id {account_id} "
+            "in ASCII decimal")
+
+
 def decode_event(value: bytes | None) -> Event:
-    """Return the event or raise InvalidEvent with the reason."""
+    """The value's rules only (no key, no size limit): the event or InvalidEvent with the reason."""
     if value is None:
         raise InvalidEvent("null value")
     if not value.isascii():

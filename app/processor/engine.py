@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -37,7 +37,7 @@ from app.core.retry import Backoff, retry_call
 from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
 from app.ledger.rows import WINDOW_ROW_SCHEMA
 from app.processor.batch import tables_by_kind
-from app.processor.decode import InvalidEvent, decode_event
+from app.processor.decode import InvalidEvent, decode_record
 from app.processor.dlq import DeadLetters
 from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore, StateSlot
 from app.processor.state import InMemoryWindowStore, WindowKey, WindowStore
@@ -119,6 +119,10 @@ class Processor:
         self._last_end_check = 0.0
         self._dirty_estimate = 0
         self.slot: StateSlot | None = None
+        # The first error in the processing path (loop, callbacks, checkpoint): from then on
+        # this process commits nothing, because its in-memory state may be ahead of what
+        # was applied (e.g. offsets advanced past a record whose windows were never folded).
+        self.failed: BaseException | None = None
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -143,8 +147,8 @@ class Processor:
         if self.cfg.state_store == "leveldb":
             from app.core.config import DEFAULT_DATA_DIR
             self.slot = StateSlot(self.cfg.state_dir or DEFAULT_DATA_DIR / "state" / s.pipeline_id)
-        self.consumer.subscribe([s.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self.consumer.subscribe([s.events_topic], on_assign=self._guarded(self._on_assign),
+                                on_revoke=self._guarded(self._on_revoke), on_lost=self._guarded(self._on_lost))
         log.info("processor_started", instance=self.cfg.instance_id, state_store=self.cfg.state_store,
                  state_dir=None if self.slot is None else str(self.slot.path), **s.masked())
         try:
@@ -162,9 +166,19 @@ class Processor:
                     log.info("until_end_reached")
                     break
             self.checkpoint()
+        except BaseException as e:
+            self._fail(e)
+            raise
         finally:
             self._close()
         return 0
+
+    def _fail(self, error: BaseException) -> None:
+        """Enter the failed state: no checkpoint commits in this process any more."""
+        if self.failed is None:
+            self.failed = error
+            log.error("processor_error_commits_stopped", error=f"{type(error).__name__}: {error}",
+                      uncommitted={p: o.next_offset - o.committed_offset for p, o in self.owned.items()})
 
     def _on_sigterm(self, *_: Any) -> None:
         log.info("processor_stopping")
@@ -172,9 +186,11 @@ class Processor:
 
     def _close(self) -> None:
         try:
-            self.consumer.close()  # revokes: _on_revoke has nothing left to commit
-        except (KafkaException, RuntimeError) as e:
-            log.warning("consumer_close_failed", error=str(e))
+            # revokes: _on_revoke commits what is done, or nothing after an error
+            self.consumer.close()
+        except Exception as e:  # noqa: BLE001 - shutting down: say what failed, release the rest
+            self._fail(e)
+            log.warning("consumer_close_failed", error=f"{type(e).__name__}: {e}")
         for p in list(self.owned):
             self._release(p, reason="shutdown")
         if self.slot is not None:
@@ -182,6 +198,19 @@ class Processor:
         self.ledger.close()
 
     # ---- rebalance --------------------------------------------------------
+
+    def _guarded(self, callback: Callable[[Consumer, list[TopicPartition]], None],
+                 ) -> Callable[[Consumer, list[TopicPartition]], None]:
+        """librdkafka calls the rebalance callbacks from inside consume() and close(); an
+        exception in one propagates from there, but the failed state must hold at once,
+        before anything else runs (e.g. the revoke callback of close())."""
+        def call(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            try:
+                callback(consumer, partitions)
+            except BaseException as e:
+                self._fail(e)
+                raise
+        return call
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = []
@@ -243,7 +272,7 @@ class Processor:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [tp.partition for tp in partitions if tp.partition in self.owned]
         if revoked:
-            self.checkpoint()  # what is done is committed; a fenced partition is dropped inside
+            self.checkpoint()  # what is done is committed (nothing after an error); fenced ones are dropped inside
         for p in revoked:
             self._release(p, reason="revoked")
         log.info("partitions_revoked", partitions=revoked)
@@ -288,6 +317,7 @@ class Processor:
         (k0, size0, _a0, _l0), (k1, size1, _a1, _l1) = lateness  # KINDS: minute, hour
         deltas: dict[int, dict[WindowKey, list[int]]] = {}
         owned_map = self.owned
+        max_bytes = self.cfg.max_record_bytes
         # consume() returns records in runs of one partition: look the partition up per run
         last_p = -1
         owned: OwnedPartition | None = None
@@ -314,7 +344,7 @@ class Processor:
                 continue  # already counted (never expected after a seek; defensive)
             owned.next_offset = offset + 1
             try:
-                ev = decode_event(msg.value())
+                ev = decode_record(msg.key(), msg.value(), max_bytes)
             except InvalidEvent as e:
                 self._dead_letter(owned, msg, "invalid", None, str(e))
                 continue
@@ -389,7 +419,13 @@ class Processor:
         anywhere in between leaves a store that reconciliation will not trust.
         A partition fenced by a newer owner aborts the whole commit: its state is
         dropped and the other partitions are committed again, at once.
+
+        After an error in the processing path (self.failed) it commits nothing: not from
+        the loop, not from the revoke callback while the consumer closes.
         """
+        if self.failed is not None:
+            log.warning("checkpoint_refused_after_error", error=f"{type(self.failed).__name__}: {self.failed}")
+            return
         self._last_checkpoint = time.monotonic()
         self._dirty_estimate = 0
         advances, emitted, dlq_counts = [], [], {}
