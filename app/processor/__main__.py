@@ -31,6 +31,13 @@ from app.processor.leveldb_store import LevelDBOptions
 from app.processor.windows import LatenessPolicy
 
 
+def positive_duration_arg(text: str) -> float:
+    value = duration_arg(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m app.processor",
                        description="Consume the events topic, keep per-minute and per-hour windows keyed by "
@@ -72,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default %(default)s)")
     p.add_argument("--dlq-partitions", type=positive_int_arg, default=1,
                    help="partitions of the DLQ topic when the processor creates it (default 1)")
+    p.add_argument("--dlq-delivery-timeout", type=positive_duration_arg, default=60.0, metavar="DURATION",
+                   help="the DLQ producer's delivery timeout: a DLQ record the broker has not acknowledged "
+                        "within this long is sent again; a checkpoint commits only once every DLQ record it "
+                        "counts is acknowledged (default 60s)")
     p.add_argument("--session-timeout", type=duration_ms_arg, default=10_000, metavar="DURATION",
                    help="consumer-group session timeout: how soon a dead instance's partitions move "
                         "(default 10s; the broker allows 6s..30m)")
@@ -97,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                           snapshot_interval_s=args.snapshot_interval, max_pending_rows=args.max_pending_rows,
                           max_pending_bytes=args.max_pending_bytes,
                           until_end=args.until_end, dlq_partitions=args.dlq_partitions,
+                          dlq_delivery_timeout_s=args.dlq_delivery_timeout,
                           session_timeout_ms=args.session_timeout, state_store=args.state_store,
                           state_dir=args.state_dir,
                           leveldb=LevelDBOptions(cache_bytes=args.state_cache_mb << 20,

@@ -75,10 +75,11 @@ def encode_dead_letter(*, reason: str, window_kind: str | None, source_topic: st
 
 
 class DeadLetters:
-    def __init__(self, bootstrap: str, topic: str, source_topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, source_topic: str, *, delivery_timeout_s: float = 60.0) -> None:
         self.topic = topic
         self.source_topic = source_topic
-        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 50}))
+        self._producer = Producer(producer_config(bootstrap, **{
+            "linger.ms": 50, "message.timeout.ms": max(1, int(delivery_timeout_s * 1000))}))
         self._failed: list[str] = []
 
     def send(self, *, reason: str, window_kind: str | None, partition: int, offset: int,

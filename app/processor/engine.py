@@ -63,6 +63,7 @@ class ProcessorConfig:
     lag_check_s: float = 5.0             # how often consumer lag is published
     until_end: bool = False
     dlq_partitions: int = 1
+    dlq_delivery_timeout_s: float = 60.0   # a DLQ record not acknowledged by then is re-sent
     session_timeout_ms: int = 10_000
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     state_store: str = "leveldb"           # "leveldb" (state beyond RAM) or "memory"
@@ -104,7 +105,8 @@ class Processor:
         self.cfg = cfg
         s = cfg.services
         self.ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
-        self.dlq = DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.events_topic)
+        self.dlq = DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.events_topic,
+                               delivery_timeout_s=cfg.dlq_delivery_timeout_s)
         self.consumer = Consumer(consumer_config(
             s.kafka_bootstrap_servers, s.pipeline_id,
             **{"partition.assignment.strategy": "cooperative-sticky", "client.id": cfg.instance_id,
