@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 import orjson
@@ -75,34 +78,95 @@ def encode_dead_letter(*, reason: str, window_kind: str | None, source_topic: st
 
 
 class DeadLetters:
-    def __init__(self, bootstrap: str, topic: str, source_topic: str, *, delivery_timeout_s: float = 60.0) -> None:
+    """The DLQ producer. Every record is kept until the broker acknowledged it: a record whose
+    delivery failed (e.g. its partition was unavailable for longer than the delivery
+    timeout) is sent again at the next flush, and flush() returns only once nothing is
+    left unacknowledged. So a checkpoint, which flushes before it commits, never counts a
+    DLQ record that is not in Kafka. A record sent twice is fine (contract §5: identities)."""
+
+    def __init__(self, bootstrap: str, topic: str, source_topic: str, *, delivery_timeout_s: float = 60.0,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
         self.topic = topic
         self.source_topic = source_topic
-        self._producer = Producer(producer_config(bootstrap, **{
-            "linger.ms": 50, "message.timeout.ms": max(1, int(delivery_timeout_s * 1000))}))
-        self._failed: list[str] = []
+        self._bootstrap = bootstrap
+        self._delivery_timeout_ms = max(1, int(delivery_timeout_s * 1000))
+        self._should_stop = should_stop
+        self._producer = self._new_producer()
+        self._unacked: dict[int, tuple[bytes | None, bytes]] = {}  # seq -> (key, value) until acknowledged
+        self._failed: list[int] = []     # seqs whose delivery failed: sent again at the next flush
+        self._last_error: str | None = None
+        self._fatal = False              # the producer is unusable (idempotence fatal error): replace it
+        self._seq = 0
+
+    def _new_producer(self) -> Producer:
+        return Producer(producer_config(self._bootstrap, **{"linger.ms": 50,
+                                                            "message.timeout.ms": self._delivery_timeout_ms}))
+
+    @property
+    def unacknowledged(self) -> int:
+        return len(self._unacked)
 
     def send(self, *, reason: str, window_kind: str | None, partition: int, offset: int,
              key: bytes | None, value: bytes | None, error: str) -> None:
         key, record = encode_dead_letter(reason=reason, window_kind=window_kind, source_topic=self.source_topic,
                                          partition=partition, offset=offset, key=key, value=value, error=error)
+        self._seq += 1
+        self._unacked[self._seq] = (key, record)
+        self._produce(self._seq, key, record)
+
+    def _produce(self, seq: int, key: bytes | None, record: bytes) -> None:
         while True:
             try:
-                self._producer.produce(self.topic, record, key, on_delivery=self._on_delivery)
+                self._producer.produce(self.topic, record, key, on_delivery=partial(self._on_delivery, seq))
                 return
-            except BufferError:
+            except BufferError:  # the local queue is full: serve delivery reports, then try again
+                if self._should_stop():
+                    raise RetryableError("stopping while the DLQ producer's queue is full") from None
                 self._producer.poll(0.1)
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._failed.append(str(err))
+    def _on_delivery(self, seq: int, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            self._unacked.pop(seq, None)
+            return
+        self._failed.append(seq)
+        self._last_error = f"{err.name()}: {err.str()}"
+        if err.fatal():
+            self._fatal = True
 
     def flush(self, timeout_s: float = 60.0) -> None:
-        """Wait until every record is in Kafka; a checkpoint commits only after this."""
-        remaining = self._producer.flush(timeout_s)
-        if remaining or self._failed:
-            failed, self._failed = self._failed, []
-            raise RetryableError(f"DLQ delivery incomplete: {remaining} queued, failures: {failed[:3]}")
+        """Return once every DLQ record sent so far is acknowledged; a checkpoint commits only
+        after this. Records that failed are sent again first. Raises RetryableError when
+        some are still unacknowledged after `timeout_s` (or when asked to stop): call again."""
+        self._resend()
+        deadline = time.monotonic() + timeout_s
+        while len(self._producer) and not self._should_stop():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._producer.flush(min(left, 0.5))  # slices: a stop request is seen within 0.5 s
+        if self._unacked:
+            queued = len(self._producer)
+            failed = len(self._failed)
+            log.warning("dlq_unacknowledged", records=len(self._unacked), queued=queued, failed=failed,
+                        last_error=self._last_error, hint="failed records are sent again at the next attempt")
+            raise RetryableError(f"{len(self._unacked)} DLQ records not acknowledged ({queued} in flight, "
+                                 f"{failed} failed and to be sent again; last error: {self._last_error})")
+
+    def _resend(self) -> None:
+        if self._fatal:
+            # an idempotent producer that hit a fatal error accepts nothing more: start afresh
+            # and send everything still unacknowledged
+            log.warning("dlq_producer_replaced", error=self._last_error, records=len(self._unacked))
+            self._producer = self._new_producer()
+            self._fatal = False
+            self._failed = list(self._unacked)
+        failed, self._failed = self._failed, []
+        for seq in failed:
+            record = self._unacked.get(seq)
+            if record is not None:
+                self._produce(seq, *record)
+        if failed:
+            log.warning("dlq_resent", records=len(failed), last_error=self._last_error)
 
     def poll(self) -> None:
         self._producer.poll(0)

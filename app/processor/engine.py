@@ -106,7 +106,7 @@ class Processor:
         s = cfg.services
         self.ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
         self.dlq = DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.events_topic,
-                               delivery_timeout_s=cfg.dlq_delivery_timeout_s)
+                               delivery_timeout_s=cfg.dlq_delivery_timeout_s, should_stop=lambda: self.stopping)
         self.consumer = Consumer(consumer_config(
             s.kafka_bootstrap_servers, s.pipeline_id,
             **{"partition.assignment.strategy": "cooperative-sticky", "client.id": cfg.instance_id,
@@ -445,8 +445,9 @@ class Processor:
         cp = Checkpoint(source="live", topic=self.cfg.services.events_topic, advances=tuple(advances),
                         tables=tables_by_kind(emitted), dlq_counts=dlq_counts)
         crash_point("checkpoint.before_dlq_flush")
-        # DLQ records of this checkpoint are in Kafka before the ledger counts them.
-        retry_call(self.dlq.flush, what="kafka_dlq_flush")
+        # Every DLQ record this checkpoint counts is acknowledged by Kafka before the ledger
+        # counts it; failed ones are sent again until they are (the checkpoint waits).
+        retry_call(self.dlq.flush, what="kafka_dlq_flush", should_stop=lambda: self.stopping)
         for a in advances:
             self.owned[a.partition].store.prepare(a.next_offset)
         crash_point("state.after_local_before_commit")

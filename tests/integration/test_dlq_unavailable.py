@@ -114,6 +114,7 @@ def test_no_checkpoint_while_its_dlq_records_are_unacknowledged(cluster: KafkaCl
     finally:
         cluster.node_start(DLQ_NODE)
     assert tail.wait_exit(180) == 0, tail.text()[-4000:]
+    assert tail.events("dlq_resent"), "the failed DLQ records were never sent again"
     checkpoints, counts = _ledger(p)
     assert checkpoints >= 1 and counts == dict(expected)
 
