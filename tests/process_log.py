@@ -11,6 +11,7 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -49,16 +50,18 @@ class StderrTail:
                 out.append(doc)
         return out
 
-    def wait_for(self, name: str, timeout_s: float, *, count: int = 1) -> list[dict[str, Any]]:
-        """Until `count` log lines with event `name` were written; fails on timeout or exit."""
+    def wait_for(self, name: str, timeout_s: float, *, count: int = 1,
+                 where: Callable[[dict[str, Any]], bool] = lambda _: True) -> list[dict[str, Any]]:
+        """Until `count` log lines with event `name` (and matching `where`) were written;
+        fails on timeout or exit."""
         deadline = time.monotonic() + timeout_s
         while True:
-            found = self.events(name)
+            found = [e for e in self.events(name) if where(e)]
             if len(found) >= count:
                 return found
             if self.proc.poll() is not None:
                 self._thread.join(timeout=5)
-                found = self.events(name)
+                found = [e for e in self.events(name) if where(e)]
                 if len(found) >= count:
                     return found
                 raise AssertionError(f"process exited {self.proc.returncode} before logging {name!r} x{count}:\n"

@@ -21,7 +21,7 @@ from app.core.config import (
     positive_int_arg,
     service_settings,
 )
-from app.core.errors import FatalError, PipelineError
+from app.core.errors import FatalError, PipelineError, RetryableError
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
@@ -115,10 +115,19 @@ def main(argv: list[str] | None = None) -> int:
                                                  write_buffer_bytes=args.state_write_buffer_mb << 20),
                           snapshot_chunk_rows=args.snapshot_chunk_rows)
     serve_metrics(args.metrics_port, args.metrics_host)
+    processor = None
     try:
-        return Processor(cfg).run()
+        processor = Processor(cfg)
+        return processor.run()
     except FatalError as e:
         log.error("processor_fatal", error=str(e))
+        return 1
+    except RetryableError as e:
+        if processor is not None and processor.stopping:
+            # stopped while starting against a service that is down: nothing was processed
+            log.info("processor_stopped", final_checkpoint=False, reason=f"{type(e).__name__}: {e}")
+            return 0
+        log.error("processor_failed", error=f"{type(e).__name__}: {e}")
         return 1
     except PipelineError as e:
         log.error("processor_failed", error=f"{type(e).__name__}: {e}")

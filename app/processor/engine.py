@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from app.core import metrics
 from app.core.config import DEFAULT_MAX_RECORD_BYTES, ServiceSettings
-from app.core.errors import FatalError
+from app.core.errors import FatalError, RetryableError
 from app.core.faults import crash_point
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
 from app.core.retry import Backoff, retry_call
@@ -40,6 +40,7 @@ from app.processor.batch import tables_by_kind
 from app.processor.decode import InvalidEvent, decode_record
 from app.processor.dlq import DeadLetters
 from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore, StateSlot
+from app.processor.shutdown import LedgerStopTimer
 from app.processor.state import InMemoryWindowStore, WindowKey, WindowStore
 from app.processor.windows import KINDS, LatenessPolicy
 
@@ -125,6 +126,8 @@ class Processor:
         # this process commits nothing, because its in-memory state may be ahead of what
         # was applied (e.g. offsets advanced past a record whose windows were never folded).
         self.failed: BaseException | None = None
+        # after a stop request, a Postgres call that hangs is interrupted (app/processor/shutdown.py)
+        self._stop_timer = LedgerStopTimer(lambda: self.ledger.busy)
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -167,24 +170,47 @@ class Processor:
                 if self.cfg.until_end and self._reached_end():
                     log.info("until_end_reached")
                     break
+            if self.stopping:
+                log.info("processor_stopping")
             self.checkpoint()
+        except RetryableError as e:
+            self._fail(e)
+            if not self.stopping:
+                raise
+            # A stop request cut a retry short (a service is down): a clean stop, nothing more
+            # is committed; the records after the last checkpoint are read again at the next start.
         except BaseException as e:
             self._fail(e)
             raise
         finally:
-            self._close()
+            try:
+                self._close()
+            finally:
+                self._stop_timer.disarm()
+        log.info("processor_stopped", final_checkpoint=self.failed is None,
+                 reason=None if self.failed is None else f"{type(self.failed).__name__}: {self.failed}")
         return 0
 
     def _fail(self, error: BaseException) -> None:
         """Enter the failed state: no checkpoint commits in this process any more."""
-        if self.failed is None:
-            self.failed = error
+        if self.failed is not None:
+            return
+        self.failed = error
+        uncommitted = {p: o.next_offset - o.committed_offset for p, o in self.owned.items()}
+        if self.stopping and isinstance(error, RetryableError):
+            log.warning("processor_stopping_without_commit", error=f"{type(error).__name__}: {error}",
+                        uncommitted=uncommitted, hint="these records are read again at the next start")
+        else:
             log.error("processor_error_commits_stopped", error=f"{type(error).__name__}: {error}",
-                      uncommitted={p: o.next_offset - o.committed_offset for p, o in self.owned.items()})
+                      uncommitted=uncommitted)
 
     def _on_sigterm(self, *_: Any) -> None:
-        log.info("processor_stopping")
+        if self.stopping:
+            return
+        # no logging here: a handler may run in the middle of a write to the same stream;
+        # the loop logs processor_stopping when it sees the flag
         self.stopping = True
+        self._stop_timer.arm()
 
     def _close(self) -> None:
         try:
@@ -217,7 +243,8 @@ class Processor:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = []
         for tp in partitions:
-            owned = retry_call(lambda p=tp.partition: self._restore(p), what="postgres_restore_partition")
+            owned = retry_call(lambda p=tp.partition: self._restore(p), what="postgres_restore_partition",
+                               should_stop=lambda: self.stopping)
             self.owned[tp.partition] = owned
             tps.append(TopicPartition(tp.topic, tp.partition, owned.next_offset))
         consumer.incremental_assign(tps)
@@ -454,7 +481,7 @@ class Processor:
         crash_point("checkpoint.before_commit")
         try:
             result = retry_call(lambda: self.ledger.commit(cp), what="postgres_checkpoint_commit",
-                                backoff=Backoff(0.2, 5.0))
+                                backoff=Backoff(0.2, 5.0), should_stop=lambda: self.stopping)
         except PartitionFenced as e:
             for a in advances:
                 self.owned[a.partition].store.abort()
@@ -502,14 +529,14 @@ class Processor:
             table = WINDOW_ROW_SCHEMA.empty_table()  # an empty state is one empty chunk
         if table is not None:
             retry_call(lambda: self.ledger.write_snapshot_chunk(p, job.checkpoint_id, job.written, table),
-                       what="postgres_snapshot_chunk")
+                       what="postgres_snapshot_chunk", should_stop=lambda: self.stopping)
             job.written += 1
             job.rows += table.num_rows
             return
         try:
             published = retry_call(lambda: self.ledger.publish_snapshot(p, job.checkpoint_id, job.written,
                                                                         owned.generation),
-                                   what="postgres_publish_snapshot")
+                                   what="postgres_publish_snapshot", should_stop=lambda: self.stopping)
         except PartitionFenced as e:
             log.warning("snapshot_fenced", partition=p, error=str(e))
             self._release(p, reason="fenced")
@@ -538,7 +565,8 @@ class Processor:
             return
         self._backpressure_next_s = now + self.cfg.backpressure_check_s
         cfg = self.cfg
-        work = retry_call(lambda: pending_work(self.ledger), what="postgres_pending_work")
+        work = retry_call(lambda: pending_work(self.ledger), what="postgres_pending_work",
+                          should_stop=lambda: self.stopping)
         metrics.PENDING_ROWS.set(work.rows)
         metrics.PENDING_BYTES.set(work.payload_bytes)
         over = work.rows > cfg.max_pending_rows or (cfg.max_pending_bytes > 0
@@ -583,8 +611,9 @@ class Processor:
             return False  # our partitions are done; others may not be: ask the ledger twice a second
         self._last_end_check = now
         self.checkpoint()
-        reached, finished = retry_call(self.ledger.run_reached_end, what="postgres_run_state")
+        reached, finished = retry_call(self.ledger.run_reached_end, what="postgres_run_state",
+                                       should_stop=lambda: self.stopping)
         if reached and not finished:
-            retry_call(self.ledger.finish_run, what="postgres_finish_run")
+            retry_call(self.ledger.finish_run, what="postgres_finish_run", should_stop=lambda: self.stopping)
         return reached
 

@@ -60,7 +60,7 @@ def _records(rng: random.Random, big_sizes: tuple[int, ...]) -> list[tuple[bytes
             i += 1
             t += 1_000
         out.append((b"7", _event(i, 7, t, _pad(rng, size))))                        # on time
-        out.append((b"8", _event(i + 1, 8, T0 - 3_600_000, _pad(rng, size))))      # late: minute and hour
+        out.append((b"8", _event(i + 1, 8, T0 - 3 * 3_600_000, _pad(rng, size))))  # late: minute and hour
         bad = b'{"event_id": "x", "pad": "' + _pad(rng, size).encode() + b'"'       # not JSON (cut)
         out.append((b"9", bad))
         # invalid by content whatever the size limit: non-UTF-8 bytes and control characters
