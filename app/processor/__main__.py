@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m app.processor",
                        description="Consume the events topic, keep per-minute and per-hour windows keyed by "
                                    "(account_id, country), and commit changed windows, offsets and DLQ counts "
-                                   "to the Postgres ledger in one transaction per checkpoint.")
+                                   "to the Postgres ledger in one transaction per checkpoint. A record is invalid "
+                                   "(DLQ reason 'invalid') when its value breaks contract §2, is larger than "
+                                   "--max-record-bytes, or its key is not exactly the account_id in ASCII decimal "
+                                   "(a null key included). A DLQ record keeps at most 64 KiB of the source value "
+                                   "(raw_bytes and raw_sha256 name the whole). After an error the processor "
+                                   "commits nothing more and exits 1; SIGTERM stops it within seconds, also "
+                                   "while a service is down (exit 0).")
     add_service_args(p)
     add_lateness_args(p, "windows and watermark")
     b = p.add_argument_group("checkpoints and batches")
