@@ -347,11 +347,16 @@ class Processor:
         deltas: dict[int, dict[WindowKey, list[int]]] = {}
         owned_map = self.owned
         max_bytes = self.cfg.max_record_bytes
-        # consume() returns records in runs of one partition: look the partition up per run
+        # consume() returns records in runs of one partition: look the partition up per run,
+        # and keep its position and watermark in locals for the run (written back at its end;
+        # after an exception nothing is written back, and nothing is committed either)
         last_p = -1
         owned: OwnedPartition | None = None
         part_deltas: dict[WindowKey, list[int]] = {}
         get = part_deltas.get
+        next_off = 0
+        max_et: int | None = None
+        wm: int | None = None
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -359,9 +364,12 @@ class Processor:
                 continue
             p = msg.partition()
             if p != last_p:
+                if owned is not None:
+                    owned.next_offset, owned.max_event_time_ms, owned.watermark_ms = next_off, max_et, wm
                 last_p = p
                 owned = owned_map.get(p)
                 if owned is not None:
+                    next_off, max_et, wm = owned.next_offset, owned.max_event_time_ms, owned.watermark_ms
                     part_deltas = deltas.get(p)  # type: ignore[assignment]
                     if part_deltas is None:
                         part_deltas = deltas[p] = {}
@@ -369,16 +377,15 @@ class Processor:
             if owned is None:
                 continue  # revoked while the record was in flight
             offset = msg.offset()
-            if offset < owned.next_offset:
+            if offset < next_off:
                 continue  # already counted (never expected after a seek; defensive)
-            owned.next_offset = offset + 1
+            next_off = offset + 1
             try:
                 ev = decode_record(msg.key(), msg.value(), max_bytes)
             except InvalidEvent as e:
                 self._dead_letter(owned, msg, "invalid", None, str(e))
                 continue
             et = ev.event_time
-            wm = owned.watermark_ms
             if wm is None or et + slack >= wm:
                 # the two kinds unrolled: a loop over them costs ~10 % of the hot path
                 acc, country, amount = ev.account_id, ev.country, ev.amount
@@ -410,10 +417,11 @@ class Processor:
                     else:
                         d[0] += 1
                         d[1] += ev.amount
-            max_et = owned.max_event_time_ms
             if max_et is None or et > max_et:
-                owned.max_event_time_ms = et
-                owned.watermark_ms = et - ooo
+                max_et = et
+                wm = et - ooo
+        if owned is not None:
+            owned.next_offset, owned.max_event_time_ms, owned.watermark_ms = next_off, max_et, wm
         for p, part_deltas in deltas.items():
             if part_deltas:
                 owned_map[p].store.fold(part_deltas)

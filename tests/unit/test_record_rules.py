@@ -75,3 +75,18 @@ def test_invalid_key_records_are_dlq_offsets_in_the_truth() -> None:
     truth = b.build()
     assert truth.dlq[("invalid", "")] == 2
     assert list(truth.dlq_offsets[(0, "invalid", "")]) == [11, 13]
+
+
+BODY = '"event_id":"e","account_id":8812,"country":"DE","event_time":5,"amount":7,"kind":"k"'
+
+
+@pytest.mark.parametrize("first", ['"amount":9223372036854775808', '"amount":-9223372036854775809',
+                                   '"country":"de"', '"country":"DEU"'])
+def test_an_earlier_occurrence_out_of_range_makes_the_record_invalid(first: str) -> None:
+    """docs/input.md: every occurrence of a repeated contract field must be valid, the last
+    one wins. The processor used to check amount and country on the last one only, and
+    agreed with verify only when an earlier occurrence had the wrong type (all four cases
+    were valid for the processor on 6e6c674 and invalid for verify)."""
+    value = ("{" + first + "," + BODY + "}").encode()
+    ok, error = _processor_valid(b"8812", value)
+    assert not ok and not _verify_valid(b"8812", value), error
