@@ -147,4 +147,4 @@ def cluster_pipeline(cluster: KafkaCluster, database_url: str, tmp_path: Path) -
                 proc.wait(timeout=30)
         with psycopg.connect(database_url, autocommit=True) as conn:
             for table in LEDGER_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed names)
+                conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # fixed table names

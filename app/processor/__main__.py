@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         log.error("processor_failed", error=f"{type(e).__name__}: {e}")
         return 1
-    except Exception as e:  # noqa: BLE001 - an unexpected error: one clear line (and the trace), exit 1
+    except Exception as e:  # an unexpected error: one clear line (and the trace), exit 1
         log.exception("processor_failed", error=f"{type(e).__name__}: {e}")
         return 1
 

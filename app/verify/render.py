@@ -99,9 +99,10 @@ def summary_lines(truth: Truth, report: Report, info: RunInfo, max_diffs: int) -
 def _dlq_topic_lines(t: DlqTopicReport, max_diffs: int) -> list[str]:
     state = "equal" if t.equal else "DIFFERENT"
     distinct = sum(line.topic for line in t.lines)
+    missing_topic = "" if t.exists else "; the topic does not exist"
+    foreign = f"; {t.foreign:,} of other source topics" if t.foreign else ""
     lines = [f"dlq topic {t.topic}: {state} ({distinct:,} distinct identities in {t.records:,} records"
-             f"{'' if t.exists else '; the topic does not exist'}"
-             f"{f'; {t.foreign:,} of other source topics' if t.foreign else ''})"]
+             f"{missing_topic}{foreign})"]
     if t.unreadable:
         lines.append(f"  {t.unreadable:,} records are not DLQ records (not JSON or a field missing)  !")
     for p, low in sorted(t.trimmed.items()):
