@@ -216,7 +216,7 @@ class Processor:
         try:
             # revokes: _on_revoke commits what is done, or nothing after an error
             self.consumer.close()
-        except Exception as e:  # shutting down: say what failed, release the rest
+        except Exception as e:  # noqa: BLE001 - shutting down: say what failed, release the rest
             # (an error in our revoke callback has already put us in the failed state)
             log.warning("consumer_close_failed", error=f"{type(e).__name__}: {e}")
         for p in list(self.owned):

@@ -101,8 +101,8 @@ def _dlq_topic_lines(t: DlqTopicReport, max_diffs: int) -> list[str]:
     distinct = sum(line.topic for line in t.lines)
     missing_topic = "" if t.exists else "; the topic does not exist"
     foreign = f"; {t.foreign:,} of other source topics" if t.foreign else ""
-    lines = [f"dlq topic {t.topic}: {state} ({distinct:,} distinct identities in {t.records:,} records"
-             f"{missing_topic}{foreign})"]
+    head = f"dlq topic {t.topic}: {state} ({distinct:,} distinct identities in {t.records:,} records"
+    lines = [f"{head}{missing_topic}{foreign})"]
     if t.unreadable:
         lines.append(f"  {t.unreadable:,} records are not DLQ records (not JSON or a field missing)  !")
     for p, low in sorted(t.trimmed.items()):
