@@ -27,6 +27,8 @@ from app.ledger.identity import batch_id as make_batch_id
 
 log = structlog.get_logger("ledger")
 
+CONNECT_TIMEOUT_S = 5  # libpq's connect_timeout (whole seconds): a dead or hung server fails within this
+
 
 class PartitionFenced(OwnershipLost):
     """A checkpoint named partitions that a newer owner generation has claimed since."""
@@ -118,13 +120,20 @@ class Ledger:
         # the processor's rules and input log (app/processor/log_guard.py): each commit records
         # them as the pipeline's first checkpoint or requires the recorded ones
         self.pin: pipeline_rules.PipelinePin | None = None
+        self._calls = 0  # > 0 while a Postgres round trip (connect or transaction) is in progress
 
     # ---- connection -------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Inside a Postgres call: what a stop timer may interrupt (app/processor/shutdown.py)."""
+        return self._calls > 0
 
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             try:
-                self._conn = psycopg.connect(self.url, connect_timeout=10)
+                # connect_timeout also bounds a server that accepts and never answers
+                self._conn = psycopg.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S)
             except psycopg.OperationalError as e:
                 raise RetryableError(f"Postgres unreachable at {mask_url(self.url)}: "
                                      f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
@@ -136,14 +145,24 @@ class Ledger:
         self._conn = None
 
     def _run(self, fn: Any) -> Any:
-        """Run fn(conn) in one transaction; connection loss becomes RetryableError."""
-        conn = self.conn()
+        """Run fn(conn) in one transaction; connection loss becomes RetryableError. A call
+        interrupted mid-statement (e.g. by a stop request) leaves the connection in an
+        unknown state: it is closed, and the next call connects afresh."""
+        self._calls += 1
         try:
-            with conn.transaction():
-                return fn(conn)
-        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
-            self.close()
-            raise RetryableError(f"Postgres error: {e}") from e
+            conn = self.conn()
+            try:
+                with conn.transaction():
+                    return fn(conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+                self.close()
+                raise RetryableError(f"Postgres error: {e}") from e
+            except BaseException:
+                if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self.close()
+                raise
+        finally:
+            self._calls -= 1
 
     # ---- processor side ---------------------------------------------------
 

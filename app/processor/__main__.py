@@ -21,7 +21,7 @@ from app.core.config import (
     positive_int_arg,
     service_settings,
 )
-from app.core.errors import FatalError, PipelineError, PipelineMismatch
+from app.core.errors import FatalError, PipelineError, PipelineMismatch, RetryableError
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
@@ -48,13 +48,24 @@ exit status:
   2  usage error, rules other than the pipeline's pinned ones, or an input log that is
      not the one the ledger read (records lost, topic recreated, partitions added)
 """
+def positive_duration_arg(text: str) -> float:
+    value = duration_arg(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m app.processor",
                        description="Consume the events topic, keep per-minute and per-hour windows keyed\n"
                                    "by (account_id, country), and commit changed windows, offsets and DLQ\n"
-                                   "counts to the Postgres ledger in one transaction per checkpoint.",
+                                   "counts to the Postgres ledger in one transaction per checkpoint. A record\n"
+                                   "is invalid (DLQ reason 'invalid') when its value breaks contract §2, is\n"
+                                   "larger than --max-record-bytes, or its key is not exactly the account_id\n"
+                                   "in ASCII decimal (a null key included). A DLQ record keeps at most 64 KiB\n"
+                                   "of the source value (raw_bytes and raw_sha256 name the whole). After an\n"
+                                   "error the processor commits nothing more and exits 1; SIGTERM stops it\n"
+                                   "within seconds, also while a service is down (exit 0).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_service_args(p)
     add_lateness_args(p, "windows and watermark")
@@ -92,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default %(default)s)")
     p.add_argument("--dlq-partitions", type=positive_int_arg, default=1,
                    help="partitions of the DLQ topic when the processor creates it (default 1)")
+    p.add_argument("--dlq-delivery-timeout", type=positive_duration_arg, default=60.0, metavar="DURATION",
+                   help="the DLQ producer's delivery timeout: a DLQ record the broker has not acknowledged "
+                        "within this long is sent again; a checkpoint commits only once every DLQ record it "
+                        "counts is acknowledged (default 60s)")
     p.add_argument("--session-timeout", type=duration_ms_arg, default=10_000, metavar="DURATION",
                    help="consumer-group session timeout: how soon a dead instance's partitions move "
                         "(default 10s; the broker allows 6s..30m)")
@@ -117,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
                           snapshot_interval_s=args.snapshot_interval, max_pending_rows=args.max_pending_rows,
                           max_pending_bytes=args.max_pending_bytes,
                           until_end=args.until_end, dlq_partitions=args.dlq_partitions,
+                          dlq_delivery_timeout_s=args.dlq_delivery_timeout,
                           session_timeout_ms=args.session_timeout, state_store=args.state_store,
                           state_dir=args.state_dir,
                           leveldb=LevelDBOptions(cache_bytes=args.state_cache_mb << 20,
                                                  write_buffer_bytes=args.state_write_buffer_mb << 20),
                           snapshot_chunk_rows=args.snapshot_chunk_rows)
     serve_metrics(args.metrics_port, args.metrics_host)
+    processor = None
     try:
-        return Processor(cfg).run()
+        processor = Processor(cfg)
+        return processor.run()
     except PipelineMismatch as e:  # before FatalError: it is one; an operator decision, like a bad flag
         sys.stdout.flush()
         sys.stderr.write(f"processor: error: {e}\n")
@@ -132,8 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     except FatalError as e:
         log.error("processor_fatal", error=str(e))
         return 1
+    except RetryableError as e:
+        if processor is not None and processor.stopping:
+            # stopped while starting against a service that is down: nothing was processed
+            log.info("processor_stopped", final_checkpoint=False, reason=f"{type(e).__name__}: {e}")
+            return 0
+        log.error("processor_failed", error=f"{type(e).__name__}: {e}")
+        return 1
     except PipelineError as e:
         log.error("processor_failed", error=f"{type(e).__name__}: {e}")
+        return 1
+    except Exception as e:  # an unexpected error: one clear line (and the trace), exit 1
+        log.exception("processor_failed", error=f"{type(e).__name__}: {e}")
         return 1
 
 

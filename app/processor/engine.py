@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -30,17 +30,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from app.core import metrics
 from app.core.config import DEFAULT_MAX_RECORD_BYTES, ServiceSettings
-from app.core.errors import FatalError
+from app.core.errors import FatalError, RetryableError
 from app.core.faults import crash_point
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
 from app.core.retry import Backoff, retry_call
 from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
 from app.ledger.rows import WINDOW_ROW_SCHEMA
 from app.processor.batch import tables_by_kind
-from app.processor.decode import InvalidEvent, decode_event
+from app.processor.decode import InvalidEvent, decode_record
 from app.processor.dlq import DeadLetters
 from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore, StateSlot
 from app.processor.log_guard import LogGuard, rules_of
+from app.processor.shutdown import LedgerStopTimer
 from app.processor.state import InMemoryWindowStore, WindowKey, WindowStore
 from app.processor.windows import KINDS, LatenessPolicy
 
@@ -64,6 +65,7 @@ class ProcessorConfig:
     lag_check_s: float = 5.0             # how often consumer lag is published
     until_end: bool = False
     dlq_partitions: int = 1
+    dlq_delivery_timeout_s: float = 60.0   # a DLQ record not acknowledged by then is re-sent
     session_timeout_ms: int = 10_000
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     state_store: str = "leveldb"           # "leveldb" (state beyond RAM) or "memory"
@@ -105,7 +107,8 @@ class Processor:
         self.cfg = cfg
         s = cfg.services
         self.ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
-        self.dlq = DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.events_topic)
+        self.dlq = DeadLetters(s.kafka_bootstrap_servers, s.dlq_topic, s.events_topic,
+                               delivery_timeout_s=cfg.dlq_delivery_timeout_s, should_stop=lambda: self.stopping)
         self.guard = LogGuard(s.kafka_bootstrap_servers, self.ledger, s.events_topic,
                               rules_of(cfg.policy, cfg.max_record_bytes), should_stop=lambda: self.stopping)
         self.consumer = Consumer(consumer_config(
@@ -124,6 +127,12 @@ class Processor:
         self._last_end_check = 0.0
         self._dirty_estimate = 0
         self.slot: StateSlot | None = None
+        # The first error in the processing path (loop, callbacks, checkpoint): from then on
+        # this process commits nothing, because its in-memory state may be ahead of what
+        # was applied (e.g. offsets advanced past a record whose windows were never folded).
+        self.failed: BaseException | None = None
+        # after a stop request, a Postgres call that hangs is interrupted (app/processor/shutdown.py)
+        self._stop_timer = LedgerStopTimer(lambda: self.ledger.busy)
 
     # ---- lifecycle --------------------------------------------------------
 
@@ -149,8 +158,8 @@ class Processor:
         if self.cfg.state_store == "leveldb":
             from app.core.config import DEFAULT_DATA_DIR
             self.slot = StateSlot(self.cfg.state_dir or DEFAULT_DATA_DIR / "state" / s.pipeline_id)
-        self.consumer.subscribe([s.events_topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                on_lost=self._on_lost)
+        self.consumer.subscribe([s.events_topic], on_assign=self._guarded(self._on_assign),
+                                on_revoke=self._guarded(self._on_revoke), on_lost=self._guarded(self._on_lost))
         log.info("processor_started", instance=self.cfg.instance_id, state_store=self.cfg.state_store,
                  state_dir=None if self.slot is None else str(self.slot.path), **s.masked())
         try:
@@ -167,20 +176,55 @@ class Processor:
                 if self.cfg.until_end and self._reached_end():
                     log.info("until_end_reached")
                     break
+            if self.stopping:
+                log.info("processor_stopping")
             self.checkpoint()
+        except RetryableError as e:
+            self._fail(e)
+            if not self.stopping:
+                raise
+            # A stop request cut a retry short (a service is down): a clean stop, nothing more
+            # is committed; the records after the last checkpoint are read again at the next start.
+        except BaseException as e:
+            self._fail(e)
+            raise
         finally:
-            self._close()
+            try:
+                self._close()
+            finally:
+                self._stop_timer.disarm()
+        log.info("processor_stopped", final_checkpoint=self.failed is None,
+                 reason=None if self.failed is None else f"{type(self.failed).__name__}: {self.failed}")
         return 0
 
+    def _fail(self, error: BaseException) -> None:
+        """Enter the failed state: no checkpoint commits in this process any more."""
+        if self.failed is not None:
+            return
+        self.failed = error
+        uncommitted = {p: o.next_offset - o.committed_offset for p, o in self.owned.items()}
+        if self.stopping and isinstance(error, RetryableError):
+            log.warning("processor_stopping_without_commit", error=f"{type(error).__name__}: {error}",
+                        uncommitted=uncommitted, hint="these records are read again at the next start")
+        else:
+            log.error("processor_error_commits_stopped", error=f"{type(error).__name__}: {error}",
+                      uncommitted=uncommitted)
+
     def _on_sigterm(self, *_: Any) -> None:
-        log.info("processor_stopping")
+        if self.stopping:
+            return
+        # no logging here: a handler may run in the middle of a write to the same stream;
+        # the loop logs processor_stopping when it sees the flag
         self.stopping = True
+        self._stop_timer.arm()
 
     def _close(self) -> None:
         try:
-            self.consumer.close()  # revokes: _on_revoke has nothing left to commit
-        except (KafkaException, RuntimeError) as e:
-            log.warning("consumer_close_failed", error=str(e))
+            # revokes: _on_revoke commits what is done, or nothing after an error
+            self.consumer.close()
+        except Exception as e:  # noqa: BLE001 - shutting down: say what failed, release the rest
+            # (an error in our revoke callback has already put us in the failed state)
+            log.warning("consumer_close_failed", error=f"{type(e).__name__}: {e}")
         for p in list(self.owned):
             self._release(p, reason="shutdown")
         if self.slot is not None:
@@ -189,11 +233,25 @@ class Processor:
 
     # ---- rebalance --------------------------------------------------------
 
+    def _guarded(self, callback: Callable[[Consumer, list[TopicPartition]], None],
+                 ) -> Callable[[Consumer, list[TopicPartition]], None]:
+        """librdkafka calls the rebalance callbacks from inside consume() and close(); an
+        exception in one propagates from there, but the failed state must hold at once,
+        before anything else runs (e.g. the revoke callback of close())."""
+        def call(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            try:
+                callback(consumer, partitions)
+            except BaseException as e:
+                self._fail(e)
+                raise
+        return call
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.guard.check_assignment()
         tps = []
         for tp in partitions:
-            owned = retry_call(lambda p=tp.partition: self._restore(p), what="postgres_restore_partition")
+            owned = retry_call(lambda p=tp.partition: self._restore(p), what="postgres_restore_partition",
+                               should_stop=lambda: self.stopping)
             self.owned[tp.partition] = owned
             tps.append(TopicPartition(tp.topic, tp.partition, owned.next_offset))
         consumer.incremental_assign(tps)
@@ -251,7 +309,7 @@ class Processor:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [tp.partition for tp in partitions if tp.partition in self.owned]
         if revoked:
-            self.checkpoint()  # what is done is committed; a fenced partition is dropped inside
+            self.checkpoint()  # what is done is committed (nothing after an error); fenced ones are dropped inside
         for p in revoked:
             self._release(p, reason="revoked")
         log.info("partitions_revoked", partitions=revoked)
@@ -296,11 +354,17 @@ class Processor:
         (k0, size0, _a0, _l0), (k1, size1, _a1, _l1) = lateness  # KINDS: minute, hour
         deltas: dict[int, dict[WindowKey, list[int]]] = {}
         owned_map = self.owned
-        # consume() returns records in runs of one partition: look the partition up per run
+        max_bytes = self.cfg.max_record_bytes
+        # consume() returns records in runs of one partition: look the partition up per run,
+        # and keep its position and watermark in locals for the run (written back at its end;
+        # after an exception nothing is written back, and nothing is committed either)
         last_p = -1
         owned: OwnedPartition | None = None
         part_deltas: dict[WindowKey, list[int]] = {}
         get = part_deltas.get
+        next_off = 0
+        max_et: int | None = None
+        wm: int | None = None
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -308,9 +372,12 @@ class Processor:
                 continue
             p = msg.partition()
             if p != last_p:
+                if owned is not None:
+                    owned.next_offset, owned.max_event_time_ms, owned.watermark_ms = next_off, max_et, wm
                 last_p = p
                 owned = owned_map.get(p)
                 if owned is not None:
+                    next_off, max_et, wm = owned.next_offset, owned.max_event_time_ms, owned.watermark_ms
                     part_deltas = deltas.get(p)  # type: ignore[assignment]
                     if part_deltas is None:
                         part_deltas = deltas[p] = {}
@@ -318,16 +385,15 @@ class Processor:
             if owned is None:
                 continue  # revoked while the record was in flight
             offset = msg.offset()
-            if offset < owned.next_offset:
+            if offset < next_off:
                 continue  # already counted (never expected after a seek; defensive)
-            owned.next_offset = offset + 1
+            next_off = offset + 1
             try:
-                ev = decode_event(msg.value())
+                ev = decode_record(msg.key(), msg.value(), max_bytes)
             except InvalidEvent as e:
                 self._dead_letter(owned, msg, "invalid", None, str(e))
                 continue
             et = ev.event_time
-            wm = owned.watermark_ms
             if wm is None or et + slack >= wm:
                 # the two kinds unrolled: a loop over them costs ~10 % of the hot path
                 acc, country, amount = ev.account_id, ev.country, ev.amount
@@ -359,10 +425,11 @@ class Processor:
                     else:
                         d[0] += 1
                         d[1] += ev.amount
-            max_et = owned.max_event_time_ms
             if max_et is None or et > max_et:
-                owned.max_event_time_ms = et
-                owned.watermark_ms = et - ooo
+                max_et = et
+                wm = et - ooo
+        if owned is not None:
+            owned.next_offset, owned.max_event_time_ms, owned.watermark_ms = next_off, max_et, wm
         for p, part_deltas in deltas.items():
             if part_deltas:
                 owned_map[p].store.fold(part_deltas)
@@ -400,7 +467,13 @@ class Processor:
         anywhere in between leaves a store that reconciliation will not trust.
         A partition fenced by a newer owner aborts the whole commit: its state is
         dropped and the other partitions are committed again, at once.
+
+        After an error in the processing path (self.failed) it commits nothing: not from
+        the loop, not from the revoke callback while the consumer closes.
         """
+        if self.failed is not None:
+            log.warning("checkpoint_refused_after_error", error=f"{type(self.failed).__name__}: {self.failed}")
+            return
         self._last_checkpoint = time.monotonic()
         self._dirty_estimate = 0
         advances, emitted, dlq_counts = [], [], {}
@@ -418,15 +491,16 @@ class Processor:
         cp = Checkpoint(source="live", topic=self.cfg.services.events_topic, advances=tuple(advances),
                         tables=tables_by_kind(emitted), dlq_counts=dlq_counts)
         crash_point("checkpoint.before_dlq_flush")
-        # DLQ records of this checkpoint are in Kafka before the ledger counts them.
-        retry_call(self.dlq.flush, what="kafka_dlq_flush")
+        # Every DLQ record this checkpoint counts is acknowledged by Kafka before the ledger
+        # counts it; failed ones are sent again until they are (the checkpoint waits).
+        retry_call(self.dlq.flush, what="kafka_dlq_flush", should_stop=lambda: self.stopping)
         for a in advances:
             self.owned[a.partition].store.prepare(a.next_offset)
         crash_point("state.after_local_before_commit")
         crash_point("checkpoint.before_commit")
         try:
             result = retry_call(lambda: self.ledger.commit(cp), what="postgres_checkpoint_commit",
-                                backoff=Backoff(0.2, 5.0))
+                                backoff=Backoff(0.2, 5.0), should_stop=lambda: self.stopping)
         except PartitionFenced as e:
             for a in advances:
                 self.owned[a.partition].store.abort()
@@ -474,14 +548,14 @@ class Processor:
             table = WINDOW_ROW_SCHEMA.empty_table()  # an empty state is one empty chunk
         if table is not None:
             retry_call(lambda: self.ledger.write_snapshot_chunk(p, job.checkpoint_id, job.written, table),
-                       what="postgres_snapshot_chunk")
+                       what="postgres_snapshot_chunk", should_stop=lambda: self.stopping)
             job.written += 1
             job.rows += table.num_rows
             return
         try:
             published = retry_call(lambda: self.ledger.publish_snapshot(p, job.checkpoint_id, job.written,
                                                                         owned.generation),
-                                   what="postgres_publish_snapshot")
+                                   what="postgres_publish_snapshot", should_stop=lambda: self.stopping)
         except PartitionFenced as e:
             log.warning("snapshot_fenced", partition=p, error=str(e))
             self._release(p, reason="fenced")
@@ -510,7 +584,8 @@ class Processor:
             return
         self._backpressure_next_s = now + self.cfg.backpressure_check_s
         cfg = self.cfg
-        work = retry_call(lambda: pending_work(self.ledger), what="postgres_pending_work")
+        work = retry_call(lambda: pending_work(self.ledger), what="postgres_pending_work",
+                          should_stop=lambda: self.stopping)
         metrics.PENDING_ROWS.set(work.rows)
         metrics.PENDING_BYTES.set(work.payload_bytes)
         over = work.rows > cfg.max_pending_rows or (cfg.max_pending_bytes > 0
@@ -555,8 +630,9 @@ class Processor:
             return False  # our partitions are done; others may not be: ask the ledger twice a second
         self._last_end_check = now
         self.checkpoint()
-        reached, finished = retry_call(self.ledger.run_reached_end, what="postgres_run_state")
+        reached, finished = retry_call(self.ledger.run_reached_end, what="postgres_run_state",
+                                       should_stop=lambda: self.stopping)
         if reached and not finished:
-            retry_call(self.ledger.finish_run, what="postgres_finish_run")
+            retry_call(self.ledger.finish_run, what="postgres_finish_run", should_stop=lambda: self.stopping)
         return reached
 

@@ -1,5 +1,6 @@
 """`python -m app.verify`: recompute the ground truth from the input log and diff it against
-ClickHouse FINAL and the ledger's DLQ counts (contract §7). Exit 0 only when equal."""
+ClickHouse FINAL, the ledger's DLQ counts and the DLQ topic's distinct record identities, and
+report accounts seen in more than one partition (contract §7). Exit 0 only when equal."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from app.core.logging import configure_logging
 from app.core.metrics import serve_metrics
 from app.core.retry import retry_call
 from app.verify.compare import TableSnapshot, diff, read_clickhouse, read_ledger_dlq, read_ledger_positions
-from app.verify.read_log import open_consumer, partition_ranges, read_ranges
+from app.verify.dlq_topic import read_dlq_topic
+from app.verify.read_log import open_consumer, partition_ranges, read_records
 from app.verify.render import RunInfo, summary_json, summary_lines
 from app.verify.truth import Rules, TruthBuilder, gc_paused
 
@@ -47,7 +49,8 @@ T = TypeVar("T")
 
 EPILOG = """\
 exit status:
-  0  EXACT: every rollup key and every DLQ count equals the ground truth
+  0  EXACT: every rollup key, every DLQ count and every DLQ record identity equals the ground
+     truth, and no account has valid events in more than one partition
   1  MISMATCH: at least one difference (the summary lists them)
   2  usage error, missing topic or ledger schema, or input removed by retention
   3  the embedded ClickHouse path is in use (stop the sink first)
@@ -60,7 +63,9 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m app.verify",
         description="Recompute the ground truth from the whole input topic (contract §2-§3) and diff it per "
-                    "key against ClickHouse FINAL and against the ledger's DLQ counts.",
+                    "key against ClickHouse FINAL, against the ledger's DLQ counts and against the distinct "
+                    "(source_partition, source_offset, reason, window_kind) identities in the DLQ topic; an "
+                    "account whose valid events are in more than one partition is reported as an error.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -80,7 +85,8 @@ def build_parser() -> ArgumentParser:
 
 def rules_from_args(args: argparse.Namespace) -> Rules:
     flags = lateness_flags(args)
-    return Rules(flags.max_out_of_orderness_ms, flags.allowed_lateness_minute_ms, flags.allowed_lateness_hour_ms)
+    return Rules(flags.max_out_of_orderness_ms, flags.allowed_lateness_minute_ms, flags.allowed_lateness_hour_ms,
+                 flags.max_record_bytes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     rules = rules_from_args(args)
     log.info("verify_start", **settings.masked(), max_out_of_orderness_ms=rules.max_out_of_orderness_ms,
              allowed_lateness_minute_ms=rules.allowed_lateness_minute_ms,
-             allowed_lateness_hour_ms=rules.allowed_lateness_hour_ms)
+             allowed_lateness_hour_ms=rules.allowed_lateness_hour_ms, max_record_bytes=rules.max_record_bytes)
 
     # Open every service first, so a locked path or a dead database fails in seconds rather
     # than after reading the whole topic.
@@ -143,12 +149,20 @@ def _run(args: argparse.Namespace) -> int:
         for r in ranges:
             builder.touch(r.partition)
         stall_s = max(args.service_timeout, 10.0)
-        for partition, values in read_ranges(consumer, settings.events_topic, ranges, stall_timeout_s=stall_s):
-            builder.feed(partition, values)
+        for partition, group in read_records(consumer, settings.events_topic, ranges, stall_timeout_s=stall_s):
+            builder.feed(partition, group.values, group.keys, group.offsets)
         truth = builder.build()
         read_s = time.monotonic() - read_started
     finally:
         consumer.close()
+    # Read after the input: every DLQ record of the input read above was produced before the
+    # checkpoint that counted it, and verify runs once the pipeline is drained.
+    dlq_consumer = open_consumer(settings.kafka_bootstrap_servers, settings.pipeline_id)
+    try:
+        dlq_topic = read_dlq_topic(dlq_consumer, settings.dlq_topic, settings.events_topic,
+                                   deadline_s=args.service_timeout, stall_timeout_s=stall_s)
+    finally:
+        dlq_consumer.close()
 
     snapshots = {kind: _retry(lambda t=table: _read_table(ch, t), f"clickhouse_read_{table}",
                               args.service_timeout)
@@ -158,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         ledger_dlq = _ledger(lambda: read_ledger_dlq(pg, settings.pipeline_id, settings.events_topic))
         positions = _ledger(lambda: read_ledger_positions(pg, settings.pipeline_id, settings.events_topic))
 
-    report = diff(truth, snapshots, ledger_dlq, args.max_diffs)
+    report = diff(truth, snapshots, ledger_dlq, args.max_diffs, dlq_topic=dlq_topic)
     info = RunInfo(topic=settings.events_topic, pipeline_id=settings.pipeline_id,
                    clickhouse=mask_url(settings.clickhouse_url), ledger_positions=positions,
                    end_offsets=end_offsets, elapsed_s=time.monotonic() - started, read_s=read_s)

@@ -1,17 +1,20 @@
-"""Read what the pipeline produced (ClickHouse FINAL, ledger DLQ counts) and diff it per key
-against the ground truth. Reading and diffing are separate so tests can diff hand-made data."""
+"""Read what the pipeline produced (ClickHouse FINAL, ledger DLQ counts; the DLQ topic is read
+in dlq_topic.py) and diff it per key against the ground truth. Reading and diffing are
+separate so tests can diff hand-made data."""
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from clickhouse_connect.driver.client import Client
 
 from app.clickhouse.schema import ROLLUP_TABLES, TABLE_OF_KIND
-from app.verify.truth import INVALID, LATE_HOUR, LATE_MINUTE, RollupKey, RollupValue, Truth
+from app.verify.dlq_topic import DlqTopicSnapshot
+from app.verify.truth import INVALID, LATE_HOUR, LATE_MINUTE, DlqSlot, RollupKey, RollupValue, Truth
 
 DLQ_KEYS: tuple[tuple[str, str], ...] = (INVALID, LATE_MINUTE, LATE_HOUR)
 
@@ -137,13 +140,54 @@ class DlqReport:
 
 
 @dataclass(frozen=True, slots=True)
+class DlqTopicLine:
+    """One (source partition, reason, window kind) of the DLQ topic against the truth."""
+
+    partition: int
+    reason: str
+    window_kind: str
+    truth: int                       # records the truth sends to the DLQ
+    topic: int                       # distinct identities found in the DLQ topic
+    missing: tuple[int, ...]         # source offsets the topic lacks (the first few)
+    missing_count: int
+    extra: tuple[int, ...]           # source offsets the topic holds but the truth does not
+    extra_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DlqTopicReport:
+    topic: str
+    exists: bool
+    records: int                     # read, duplicates included
+    lines: tuple[DlqTopicLine, ...]
+    unreadable: int
+    foreign: int
+    trimmed: dict[int, int]          # DLQ partition -> first offset still in the log, when not 0
+
+    @property
+    def missing(self) -> int:
+        return sum(line.missing_count for line in self.lines)
+
+    @property
+    def extra(self) -> int:
+        return sum(line.extra_count for line in self.lines)
+
+    @property
+    def equal(self) -> bool:
+        return not (self.missing or self.extra or self.unreadable)
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     tables: tuple[TableReport, ...]
     dlq: DlqReport
+    dlq_topic: DlqTopicReport | None = None                # None: the topic was not read (in-process diffs)
+    split_accounts: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # account -> partitions
 
     @property
     def exact(self) -> bool:
-        return self.dlq.equal and all(t.equal for t in self.tables)
+        return (self.dlq.equal and all(t.equal for t in self.tables)
+                and (self.dlq_topic is None or self.dlq_topic.equal) and not self.split_accounts)
 
     def mismatches(self) -> list[str]:
         """One short phrase per difference, for the verdict line."""
@@ -158,6 +202,13 @@ class Report:
             if line.truth != line.ledger:
                 name = line.reason + (f"/{line.window_kind}" if line.window_kind else "")
                 out.append(f"dlq {name}: truth {line.truth} ledger {line.ledger}")
+        t = self.dlq_topic
+        if t is not None and not t.equal:
+            parts = [f"{n} {what}" for n, what in ((t.missing, "missing"), (t.extra, "extra"),
+                                                   (t.unreadable, "unreadable")) if n]
+            out.append(f"dlq topic {t.topic}: " + ", ".join(parts) + " identities")
+        if self.split_accounts:
+            out.append(f"{len(self.split_accounts)} accounts in more than one partition")
         return out
 
 
@@ -201,8 +252,29 @@ def diff_dlq(truth_dlq: Mapping[tuple[str, str], int], ledger_dlq: Mapping[tuple
     return DlqReport(tuple(DlqLine(r, k, truth_dlq.get((r, k), 0), ledger_dlq.get((r, k), 0)) for r, k in keys))
 
 
+def diff_dlq_topic(truth: Truth, snapshot: DlqTopicSnapshot, max_diffs: int = 20) -> DlqTopicReport:
+    """Distinct (source_partition, source_offset, reason, window_kind) of the topic against the
+    truth's, per (partition, reason, kind): which offsets are missing, which are extra."""
+    slots: set[DlqSlot] = set(truth.dlq_offsets) | set(snapshot.offsets)
+    empty = np.empty(0, dtype=np.int64)
+    lines = []
+    for slot in sorted(slots):
+        want = np.frombuffer(truth.dlq_offsets[slot], dtype=np.int64) if slot in truth.dlq_offsets else empty
+        got = snapshot.offsets.get(slot, empty)
+        missing = np.setdiff1d(want, got, assume_unique=True)
+        extra = np.setdiff1d(got, want, assume_unique=True)
+        p, reason, kind = slot
+        lines.append(DlqTopicLine(p, reason, kind, len(want), len(got), tuple(missing[:max_diffs].tolist()),
+                                  len(missing), tuple(extra[:max_diffs].tolist()), len(extra)))
+    return DlqTopicReport(snapshot.topic, snapshot.exists, snapshot.records, tuple(lines), snapshot.unreadable,
+                          snapshot.foreign, dict(snapshot.trimmed))
+
+
 def diff(truth: Truth, clickhouse: Mapping[str, TableSnapshot], ledger_dlq: Mapping[tuple[str, str], int],
-         max_diffs: int = 20) -> Report:
-    """The whole verdict: `clickhouse` maps a window kind ('minute', 'hour') to its table snapshot."""
+         max_diffs: int = 20, dlq_topic: DlqTopicSnapshot | None = None) -> Report:
+    """The whole verdict: `clickhouse` maps a window kind ('minute', 'hour') to its table snapshot;
+    `dlq_topic` is what the DLQ topic holds (the command always reads it)."""
     tables = tuple(diff_table(kind, truth.rollups[kind], clickhouse[kind], max_diffs) for kind in TABLE_OF_KIND)
-    return Report(tables=tables, dlq=diff_dlq(truth.dlq, ledger_dlq))
+    topic = None if dlq_topic is None else diff_dlq_topic(truth, dlq_topic, max_diffs)
+    return Report(tables=tables, dlq=diff_dlq(truth.dlq, ledger_dlq), dlq_topic=topic,
+                  split_accounts=truth.split_accounts)

@@ -78,10 +78,28 @@ def partition_ranges(consumer: Consumer, topic: str, *, deadline_s: float = 30.0
     return ranges
 
 
+@dataclass(slots=True)
+class RecordGroup:
+    """Consecutive records of one partition, in offset order, as three parallel lists."""
+
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+
 def read_ranges(consumer: Consumer, topic: str, ranges: list[PartitionRange], *, batch: int = BATCH,
                 poll_timeout_s: float = 0.2, stall_timeout_s: float = 60.0,
                 ) -> Iterator[tuple[int, list[bytes | None]]]:
-    """(partition, record values) groups, each partition's values in offset order from low to
+    """(partition, record values) groups: read_records without keys and offsets."""
+    for partition, group in read_records(consumer, topic, ranges, batch=batch, poll_timeout_s=poll_timeout_s,
+                                         stall_timeout_s=stall_timeout_s):
+        yield partition, group.values
+
+
+def read_records(consumer: Consumer, topic: str, ranges: list[PartitionRange], *, batch: int = BATCH,
+                 poll_timeout_s: float = 0.2, stall_timeout_s: float = 60.0,
+                 ) -> Iterator[tuple[int, RecordGroup]]:
+    """(partition, records) groups, each partition's records in offset order from low to
     high (exclusive). All partitions are read at once, so no partition waits for another's tail;
     the truth's state is per partition, so interleaved groups are fine."""
     pending = {r.partition: r for r in ranges if r.high > r.low}
@@ -110,7 +128,7 @@ def read_ranges(consumer: Consumer, topic: str, ranges: list[PartitionRange], *,
                     raise RetryableError(f"no records for {stall_timeout_s:.0f}s: {where}")
                 continue
             last_progress = time.monotonic()
-            groups: dict[int, list[bytes | None]] = {}
+            groups: dict[int, RecordGroup] = {}
             for m in msgs:
                 p = m.partition()
                 err = m.error()
@@ -137,10 +155,12 @@ def read_ranges(consumer: Consumer, topic: str, ranges: list[PartitionRange], *,
                 if off < next_offset[p]:  # never expected; a re-delivery must not count twice
                     continue
                 next_offset[p] = off + 1
-                values = groups.get(p)
-                if values is None:
-                    values = groups[p] = []
-                values.append(m.value())
+                group = groups.get(p)
+                if group is None:
+                    group = groups[p] = RecordGroup([], [], [])
+                group.offsets.append(off)
+                group.keys.append(m.key())
+                group.values.append(m.value())
                 if off + 1 >= r.high:
                     done(p)
             yield from groups.items()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.verify.compare import KeyDiff, Report
+from app.verify.compare import DlqTopicReport, KeyDiff, Report
 from app.verify.truth import Truth
 
 
@@ -48,7 +48,8 @@ def summary_lines(truth: Truth, report: Report, info: RunInfo, max_diffs: int) -
     lines = [
         f"verify: topic {info.topic}, pipeline {info.pipeline_id}, clickhouse {info.clickhouse}",
         (f"rules: max-out-of-orderness {r.max_out_of_orderness_ms} ms, allowed lateness "
-         f"minute {r.allowed_lateness_minute_ms} ms, hour {r.allowed_lateness_hour_ms} ms"),
+         f"minute {r.allowed_lateness_minute_ms} ms, hour {r.allowed_lateness_hour_ms} ms, "
+         f"max record bytes {r.max_record_bytes}"),
         (f"{'partition':>9} {'records':>12} {'valid':>12} {'invalid':>9} {'late_min':>9} {'late_hour':>9}"
          f"  {'watermark':<23} {'ledger_next/end':>21}"),
     ]
@@ -78,12 +79,47 @@ def summary_lines(truth: Truth, report: Report, info: RunInfo, max_diffs: int) -
         name = d.reason + (f"/{d.window_kind}" if d.window_kind else "")
         mark = "" if d.truth == d.ledger else "  !"
         lines.append(f"  {name:<12} truth {d.truth:>12,}  ledger {d.ledger:>12,}{mark}")
+    if report.dlq_topic is not None:
+        lines.extend(_dlq_topic_lines(report.dlq_topic, max_diffs))
+    if report.split_accounts:
+        lines.append(f"accounts in more than one partition: {len(report.split_accounts):,} (contract §2: "
+                     "every event of an account is in one partition; each partition emits its own value "
+                     "of a window)")
+        for account, partitions in list(report.split_accounts.items())[:max_diffs]:
+            lines.append(f"  account {account}: partitions {', '.join(map(str, partitions))}")
     shown = [(t.table, e) for t in report.tables for e in t.examples][:max_diffs]
     if shown:
         total = sum(t.missing + t.extra + t.different + t.duplicates for t in report.tables)
         lines.append(f"first differing keys ({len(shown)} of {total:,}):")
         lines.extend(_key_text(table, e) for table, e in shown)
     lines.append(verdict(report))
+    return lines
+
+
+def _dlq_topic_lines(t: DlqTopicReport, max_diffs: int) -> list[str]:
+    state = "equal" if t.equal else "DIFFERENT"
+    distinct = sum(line.topic for line in t.lines)
+    missing_topic = "" if t.exists else "; the topic does not exist"
+    foreign = f"; {t.foreign:,} of other source topics" if t.foreign else ""
+    head = f"dlq topic {t.topic}: {state} ({distinct:,} distinct identities in {t.records:,} records"
+    lines = [f"{head}{missing_topic}{foreign})"]
+    if t.unreadable:
+        lines.append(f"  {t.unreadable:,} records are not DLQ records (not JSON or a field missing)  !")
+    for p, low in sorted(t.trimmed.items()):
+        lines.append(f"  DLQ partition {p} starts at offset {low}: retention removed its first records")
+    for line in t.lines:
+        name = line.reason + (f"/{line.window_kind}" if line.window_kind else "")
+        mark = "" if not (line.missing_count or line.extra_count) else "  !"
+        lines.append(f"  partition {line.partition:>4} {name:<12} truth {line.truth:>10,}  topic {line.topic:>10,}"
+                     f"  missing {line.missing_count:>8,}  extra {line.extra_count:>8,}{mark}")
+    shown = 0
+    for line in t.lines:
+        name = line.reason + (f"/{line.window_kind}" if line.window_kind else "")
+        for what, offsets in (("missing from the topic", line.missing), ("extra in the topic", line.extra)):
+            if offsets and shown < max_diffs:
+                lines.append(f"  {name} partition {line.partition}, {what}: offsets "
+                             f"{', '.join(map(str, offsets[:max_diffs - shown]))}")
+                shown += 1
     return lines
 
 
@@ -118,6 +154,16 @@ def summary_json(truth: Truth, report: Report, info: RunInfo) -> str:
         ],
         "dlq": [{"reason": d.reason, "window_kind": d.window_kind, "truth": d.truth, "ledger": d.ledger}
                 for d in report.dlq.lines],
+        "dlq_topic": None if report.dlq_topic is None else {
+            "topic": report.dlq_topic.topic, "exists": report.dlq_topic.exists, "equal": report.dlq_topic.equal,
+            "records": report.dlq_topic.records, "unreadable": report.dlq_topic.unreadable,
+            "foreign": report.dlq_topic.foreign, "missing": report.dlq_topic.missing,
+            "extra": report.dlq_topic.extra,
+            "lines": [{"partition": line.partition, "reason": line.reason, "window_kind": line.window_kind,
+                       "truth": line.truth, "topic": line.topic, "missing": line.missing_count,
+                       "extra": line.extra_count, "missing_offsets": list(line.missing),
+                       "extra_offsets": list(line.extra)} for line in report.dlq_topic.lines]},
+        "split_accounts": {str(a): list(ps) for a, ps in report.split_accounts.items()},
         "elapsed_s": round(info.elapsed_s, 3),
         "read_records_per_s": round(truth.records / info.read_s) if info.read_s > 0 else None,
     }

@@ -3,6 +3,10 @@
 Deliberately small, pure and independent of app/processor: verify is the referee, so it
 must not share the code it judges. Only the stdlib json parser is used, so what counts as
 valid here is exactly what the contract text says, read by the most conservative parser.
+
+Besides rollups and counts, the truth holds what the DLQ topic must contain (the offsets of
+every invalid and late record, per partition, reason and window kind) and every account
+whose valid events sit in more than one partition (the processor assumes one).
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import gc
 import json
 import sys
+from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import product
+from itertools import count, product, repeat
 from typing import Any, Final
 
 MINUTE_MS: Final = 60_000
@@ -26,6 +31,7 @@ I64_MIN: Final = -(2**63)
 I64_LIMIT: Final = 2**63
 MAX_EVENT_ID_CHARS: Final = 128
 MAX_KIND_CHARS: Final = 32
+MAX_RECORD_BYTES: Final = 1_048_576  # contract §2 default of --max-record-bytes
 
 # Every valid country code; a lookup is both the fastest test and obviously right
 # ('de', 'D1', 'DEU', 'DE\n' and non-ASCII look-alikes are simply not in it).
@@ -43,6 +49,8 @@ LATE_HOUR: Final = ("late", "hour")
 RollupKey = tuple[int, int, str]
 # (event_count, sum_amount); sums are unbounded Python ints (ClickHouse keeps Int128).
 RollupValue = tuple[int, int]
+# A DLQ record's identity without its offset: (source_partition, reason, window_kind or "").
+DlqSlot = tuple[int, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,7 @@ class Rules:
     max_out_of_orderness_ms: int = 5_000
     allowed_lateness_minute_ms: int = 60_000
     allowed_lateness_hour_ms: int = 60_000
+    max_record_bytes: int = MAX_RECORD_BYTES  # a larger value is invalid (contract §2)
 
     def allowed_lateness_ms(self, kind: str) -> int:
         return self.allowed_lateness_minute_ms if kind == "minute" else self.allowed_lateness_hour_ms
@@ -92,6 +101,10 @@ class Truth:
     rollups: Mapping[str, Mapping[RollupKey, RollupValue]]  # kind -> key -> (count, sum)
     dlq: Mapping[tuple[str, str], int]  # (reason, window_kind) -> count, all three keys present
     partitions: Mapping[int, PartitionStats]
+    # (partition, reason, window_kind) -> source offsets the DLQ topic must hold, ascending
+    dlq_offsets: Mapping[DlqSlot, array[int]] = field(default_factory=dict)
+    # account_id -> the partitions its valid events were read from, when more than one
+    split_accounts: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -265,6 +278,10 @@ class _PartitionState:
     late_minute: int = 0
     late_hour: int = 0
     max_event_time_ms: int | None = None
+    next_offset: int = 0  # after the last record fed (offsets default to consecutive from here)
+    invalid_offsets: array[int] = field(default_factory=lambda: array("q"))
+    late_minute_offsets: array[int] = field(default_factory=lambda: array("q"))
+    late_hour_offsets: array[int] = field(default_factory=lambda: array("q"))
 
 
 @dataclass(slots=True)
@@ -278,35 +295,60 @@ class TruthBuilder:
     _minute: dict[RollupKey, RollupValue] = field(default_factory=dict)
     _hour: dict[RollupKey, RollupValue] = field(default_factory=dict)
     _parts: dict[int, _PartitionState] = field(default_factory=dict)
+    _home: dict[int, int] = field(default_factory=dict)  # account_id -> first partition it was read from
+    _split: dict[int, set[int]] = field(default_factory=dict)  # account_id -> every partition, when > 1
 
-    def feed(self, partition: int, values: Iterable[bytes | None]) -> None:
-        """Classify and fold the next records of `partition` (record values, offset order)."""
+    def feed(self, partition: int, values: Iterable[bytes | None], keys: Iterable[bytes | None] | None = None,
+             offsets: Iterable[int] | None = None) -> None:
+        """Classify and fold the next records of `partition` (offset order): their values,
+        keys and offsets. Without `offsets` they continue consecutively from the last fed
+        one (from 0). Without `keys` the key rule is not applied (in-process callers whose
+        records carry no key; the command always passes the keys it read)."""
         st = self._parts.get(partition)
         if st is None:
             st = self._parts[partition] = _PartitionState()
         oo = self.rules.max_out_of_orderness_ms
         lat_m = self.rules.allowed_lateness_minute_ms
         lat_h = self.rules.allowed_lateness_hour_ms
+        max_bytes = self.rules.max_record_bytes
+        check_keys = keys is not None
         minute, hour = self._minute, self._hour
+        home = self._home
         mx = st.max_event_time_ms
         # W before this event; -inf before the first valid one (int/float comparisons are exact).
         w: float = NEG_INF if mx is None else mx - oo
         records = valid = late_m = late_h = 0
+        invalid_at, late_m_at, late_h_at = (st.invalid_offsets.append, st.late_minute_offsets.append,
+                                            st.late_hour_offsets.append)
+        off = st.next_offset - 1
         parse = _parse
+        rows = zip(count(st.next_offset) if offsets is None else offsets,
+                   repeat(None) if keys is None else keys, values)
         # The loop is the hot path (millions of records): locals only. It spells out the
         # same rule as is_too_late(); the unit tests check the two agree.
         with gc_paused():
-            for value in values:
+            for off, key, value in rows:
                 records += 1
+                if value is not None and len(value) > max_bytes:
+                    invalid_at(off)
+                    continue
                 ev = parse(value)
                 if ev is None:
+                    invalid_at(off)
+                    continue
+                _, acct, country, t, amount, _ = ev
+                # contract §2: the key is exactly the account id in ASCII decimal (None fails too)
+                if check_keys and key != str(acct).encode("ascii"):
+                    invalid_at(off)
                     continue
                 valid += 1
-                _, acct, country, t, amount, _ = ev
+                if home.setdefault(acct, partition) != partition:
+                    self._split.setdefault(acct, {home[acct]}).add(partition)
 
                 start = t - t % MINUTE_MS
                 if start + MINUTE_MS + lat_m <= w:
                     late_m += 1
+                    late_m_at(off)
                 else:
                     key = (start // 1000, acct, country)
                     acc = minute.get(key)
@@ -315,6 +357,7 @@ class TruthBuilder:
                 start = t - t % HOUR_MS
                 if start + HOUR_MS + lat_h <= w:
                     late_h += 1
+                    late_h_at(off)
                 else:
                     key = (start // 1000, acct, country)
                     acc = hour.get(key)
@@ -329,6 +372,8 @@ class TruthBuilder:
         st.late_minute += late_m
         st.late_hour += late_h
         st.max_event_time_ms = mx
+        if records:
+            st.next_offset = off + 1
 
     def touch(self, partition: int) -> None:
         """Record that a partition exists even when it holds no records."""
@@ -345,8 +390,15 @@ class TruthBuilder:
             LATE_MINUTE: sum(s.late_minute for s in parts.values()),
             LATE_HOUR: sum(s.late_hour for s in parts.values()),
         }
+        dlq_offsets = {}
+        for p, s in sorted(self._parts.items()):
+            for (reason, kind), offsets in ((INVALID, s.invalid_offsets), (LATE_MINUTE, s.late_minute_offsets),
+                                            (LATE_HOUR, s.late_hour_offsets)):
+                if offsets:
+                    dlq_offsets[(p, reason, kind)] = offsets
+        split = {acct: tuple(sorted(ps)) for acct, ps in sorted(self._split.items())}
         return Truth(rules=self.rules, rollups={"minute": self._minute, "hour": self._hour}, dlq=dlq,
-                     partitions=parts)
+                     partitions=parts, dlq_offsets=dlq_offsets, split_accounts=split)
 
 
 @contextmanager

@@ -39,7 +39,7 @@ INVALID: list[bytes | None] = [
 
 def test_every_invalid_class_goes_to_the_dlq_and_is_counted(pipeline: Pipeline) -> None:
     good = [dumps(ev(100 + i, account=i, t=T0 + i)) for i in range(5)]
-    records = [(b"1", v) for v in INVALID] + [(b"1", v) for v in good]
+    records = [(b"1", v) for v in INVALID] + [(b"%d" % i, v) for i, v in enumerate(good)]  # key = account id
     produce(pipeline.bootstrap, pipeline.topic, records)
     pipeline.processor()
     pipeline.sink()

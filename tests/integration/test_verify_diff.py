@@ -107,8 +107,8 @@ def rows_of(truth: Truth, version: int = 1) -> dict[str, list[list[object]]]:
 
 def run_verify(topic: str, pipeline_id: str, ch_url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "app.verify", "--bootstrap-servers", BOOTSTRAP, "--database-url", DATABASE_URL,
-           "--clickhouse-url", ch_url, "--events-topic", topic, "--pipeline-id", pipeline_id, "--json",
-           "--log-level", "warning", *extra]
+           "--clickhouse-url", ch_url, "--events-topic", topic, "--dlq-topic", f"{topic}.dlq",
+           "--pipeline-id", pipeline_id, "--json", "--log-level", "warning", *extra]
     return subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, timeout=300, check=False)
 
 
@@ -123,12 +123,28 @@ def topic(kafka: str) -> Iterator[str]:
     producer = Producer(producer_config(BOOTSTRAP))
     for partition, values in make_log().items():
         for value in values:
-            producer.produce(name, value=value, key=b"k", partition=partition)
+            producer.produce(name, value=value, key=key_of(value), partition=partition)
+    # the DLQ topic holds exactly the truth's identities (contract §5), one of them twice
+    ensure_topic(BOOTSTRAP, f"{name}.dlq", 1, replication=1)
+    for (p, reason, kind), offsets in expected_truth().dlq_offsets.items():
+        for offset in [*offsets, *offsets[:1]]:
+            producer.produce(f"{name}.dlq", json.dumps({
+                "reason": reason, "window_kind": kind or None, "source_topic": name, "source_partition": p,
+                "source_offset": offset, "error": "", "event": None, "raw": None}).encode())
     assert producer.flush(30) == 0
     yield name
     client = admin(BOOTSTRAP)  # keep a reference: a collected client drops its requests
-    for f in client.delete_topics([name], operation_timeout=10).values():
+    for f in client.delete_topics([name, f"{name}.dlq"], operation_timeout=10).values():
         f.result(timeout=30)
+
+
+def key_of(value: bytes | None) -> bytes:
+    """Contract §2: the account id in ASCII decimal (whatever key for values that are no event)."""
+    try:
+        account = json.loads(value or b"")["account_id"]
+    except (ValueError, KeyError, TypeError):
+        return b"k"
+    return b"%d" % account if type(account) is int else b"k"
 
 
 @pytest.fixture
