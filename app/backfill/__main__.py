@@ -105,7 +105,7 @@ def request_from_args(p: ArgumentParser, args: argparse.Namespace) -> BackfillRe
             p.error("an offset range needs --partition and --from-offset (--to-offset is optional)")
         offsets = OffsetRange(args.partition, args.from_offset, args.to_offset)
     try:
-        return BackfillRequest(policy, args.from_time, args.to_time, offsets)
+        return BackfillRequest(policy, args.from_time, args.to_time, offsets, max_record_bytes=flags.max_record_bytes)
     except ValueError as e:
         p.error(str(e))
 

@@ -21,7 +21,7 @@ from app.core.retry import retry_call
 log = structlog.get_logger("backfill.read_log")
 
 BATCH = 10_000
-Records = list[tuple[int, bytes | None]]   # (offset, value), ascending
+Records = list[tuple[int, bytes | None, bytes | None]]   # (offset, key, value), ascending
 
 
 def open_consumer(bootstrap: str, pipeline_id: str) -> Consumer:
@@ -105,7 +105,7 @@ def read_prefixes(consumer: Consumer, topic: str, replay_to: Mapping[int, int], 
                 if off >= end:
                     _done(consumer, topic, pending, p)
                     continue
-                groups.setdefault(p, []).append((off, m.value()))
+                groups.setdefault(p, []).append((off, m.key(), m.value()))
                 if off + 1 >= end:
                     _done(consumer, topic, pending, p)
             yield from groups.items()

@@ -1,7 +1,7 @@
 """Replay one partition's log with the live processor's rules and keep the selected windows.
 Pure: records in, windows out.
 
-Validity is `app.processor.decode.decode_event` and lateness is
+Validity is `app.processor.decode.decode_record` (value, size and key rules) and lateness is
 `app.processor.windows.LatenessPolicy`, the very functions the live processor uses, and the
 replay starts at offset 0 because the watermark depends on the whole prefix: every record
 is classified exactly as the live run classified it. The replay also counts what the
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from app.backfill.request import Selection
 from app.ledger.backfill import DlqKey
 from app.ledger.rows import WindowRow
-from app.processor.decode import InvalidEvent, decode_event
+from app.processor.decode import InvalidEvent, decode_record
 from app.processor.windows import KINDS, LatenessPolicy, WindowKind
 
 Slot = tuple[int, int]                 # (kind, window_start_ms)
@@ -52,8 +52,9 @@ class PartitionReplay:
     def policy(self) -> LatenessPolicy:
         return self.selection.request.policy
 
-    def feed(self, records: Iterable[tuple[int, bytes | None]]) -> None:
-        """(offset, value) pairs of this partition, ascending, continuing where the last call ended."""
+    def feed(self, records: Iterable[tuple[int, bytes | None, bytes | None]]) -> None:
+        """(offset, key, value) of this partition's records, ascending, continuing where the last
+        call ended."""
         policy, windows, touched = self.policy, self.windows, self.touched
         offsets = self.selection.offset_window
         # The hot loop spells out LatenessPolicy.is_too_late and Selection.slot_selected with
@@ -63,13 +64,14 @@ class PartitionReplay:
         ooo = policy.max_out_of_orderness_ms
         late = self.late
         next_offset, mx, wm = self.next_offset, self.max_event_time_ms, self.watermark_ms
-        for offset, value in records:
+        max_bytes = self.selection.request.max_record_bytes
+        for offset, key, value in records:
             if offset < next_offset:
                 continue  # a re-delivery must not count twice
             next_offset = offset + 1
             self.records += 1
             try:
-                ev = decode_event(value)
+                ev = decode_record(key, value, max_bytes)
             except InvalidEvent:
                 self.invalid += 1
                 continue

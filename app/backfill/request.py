@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from app.core.config import DEFAULT_MAX_RECORD_BYTES
 from app.core.errors import FatalError
 from app.ledger.backfill import Pin
 from app.processor.windows import KINDS, LatenessPolicy, WindowKind
@@ -31,6 +32,8 @@ class BackfillRequest:
     from_ms: int | None = None
     to_ms: int | None = None
     offsets: OffsetRange | None = None
+    # a rule (contract §2), not part of the request's identity: the pipeline pins it
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
         if (self.from_ms is None) != (self.to_ms is None):

@@ -1,5 +1,7 @@
 """The backfill, start to end (docs/backfill.md). Every step is safe to repeat:
 
+0. refuse rules, or an input topic, other than those pinned to the pipeline id (the
+   ledger's `pipeline_rules`, recorded by the live processor's first checkpoint);
 1. find the latest run of this request: an unfinished one is resumed with its pin and version;
 2. read the highest version ClickHouse holds in the range, when it can be opened (a write
    from outside the ledger that the new version must outrank);
@@ -38,11 +40,16 @@ from app.core import metrics
 from app.core.config import ServiceSettings
 from app.core.errors import FatalError, ServiceLocked
 from app.core.faults import crash_point
+from app.core.kafka import admin as kafka_admin
+from app.core.kafka import topic_identity
 from app.core.retry import retry_call
 from app.ledger import backfill as ledger_backfill
 from app.ledger.backfill import BackfillRun, Pin
+from app.ledger import pipeline_rules
 from app.ledger.ledger import Ledger
+from app.ledger.pipeline_rules import check_log, check_rules, recorded_by
 from app.ledger.rows import WindowRow, rows_to_table
+from app.processor.log_guard import rules_of
 from app.processor.windows import KINDS, WindowKind
 
 log = structlog.get_logger("backfill")
@@ -119,6 +126,18 @@ class Backfill:
     def _retry(self, fn: Any, what: str) -> Any:
         return retry_call(fn, what=what, deadline_s=self.cfg.service_timeout_s, should_stop=lambda: self.stopping)
 
+    def _check_pinned(self, ledger: Ledger) -> None:
+        """Other rules, or a topic recreated or repartitioned since the live run read it, would
+        recompute windows the live run never had: refuse, naming both values."""
+        s, request = self.cfg.services, self.cfg.request
+        pinned = self._retry(lambda: pipeline_rules.read_pin(ledger), "postgres_pipeline_rules")
+        if pinned is None:
+            return  # no checkpoint yet: then the classification check (step 8) decides
+        check_rules(s.pipeline_id, pinned, rules_of(request.policy, request.max_record_bytes))
+        seen = self._retry(lambda: topic_identity(kafka_admin(s.kafka_bootstrap_servers), s.events_topic),
+                           "kafka_topic_identity")
+        check_log(s.pipeline_id, pinned.pin.log, seen, recorded=recorded_by(pinned))
+
     def _recompute(self, pin: Pin) -> tuple[Selection, dict[int, PartitionReplay], float]:
         """Steps 4-8 against `pin`: (selection, replays, replay seconds). FatalError when the
         rules or the input differ from the live run's."""
@@ -168,6 +187,8 @@ class Backfill:
 
     def _run(self, ledger: Ledger) -> Outcome:
         cfg, request, s = self.cfg, self.cfg.request, self.cfg.services
+        # 0. the pipeline's pinned rules and input log
+        self._check_pinned(ledger)
         # 1. resume an unfinished run of this request
         latest = self._retry(lambda: ledger_backfill.latest_run(ledger, request.key), "postgres_backfill_run")
         unfinished = latest if latest is not None and not latest.landed else None

@@ -247,9 +247,14 @@ def test_backfill_refuses_other_rules_and_a_log_cut_by_retention(bf: Pipeline) -
     p.gen("--seed", "3", "--events", "3000", "--accounts", "50", "--partitions", "2", "--event-time-rate", "2",
           "--late-fraction", "0.05")
     p.processor()
+    # the rules pinned to the pipeline id by its first checkpoint, each named with both values
     other = backfill(p, *HOUR, "--allowed-lateness", "30s", rc=2)
-    assert "other rules" in other.stderr and len(other.stderr.strip().splitlines()) == 1
-    assert "--max-out-of-orderness 5000ms" in backfill(p, *HOUR, "--max-out-of-orderness", "2s", rc=2).stderr
+    assert "--allowed-lateness-minute 1m (this process: 30s)" in other.stderr, other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
+    assert "--max-out-of-orderness 5s (this process: 2s)" in backfill(p, *HOUR, "--max-out-of-orderness", "2s",
+                                                                      rc=2).stderr
+    assert "--max-record-bytes 1048576 (this process: 2000)" in backfill(p, *HOUR, "--max-record-bytes", "2000",
+                                                                         rc=2).stderr
     assert "beyond partition 0" in backfill(p, "--partition", "0", "--from-offset", "0", "--to-offset", "99999",
                                             rc=2).stderr
     admin = AdminClient({"bootstrap.servers": p.bootstrap})  # kept alive until the futures resolve

@@ -108,6 +108,28 @@ def test_offset_request_is_bounded_by_the_committed_position() -> None:
 # ---- the replay ------------------------------------------------------------------------
 
 
+def key_of(value: bytes | None) -> bytes | None:
+    """The key a producer keyed by account id gives the record (contract §2)."""
+    try:
+        ev = json.loads(value) if value else None
+    except ValueError:
+        return None
+    return str(ev["account_id"]).encode() if isinstance(ev, dict) and "account_id" in ev else None
+
+
+def test_the_replay_applies_the_key_and_size_rules() -> None:
+    """The live processor's decode_record: a record whose key is not its account id, or whose
+    value is above --max-record-bytes, is invalid in the replay too (else the replay's DLQ
+    counts would disagree with the ledger's and the backfill would refuse)."""
+    ev = {"event_id": "e", "account_id": 7, "country": "DE", "event_time": T0, "amount": 5, "kind": "k"}
+    value = json.dumps(ev).encode()
+    big = json.dumps({**ev, "pad": "x" * 2_000}).encode()
+    request = BackfillRequest(POLICY, from_ms=T0, to_ms=T0 + 60_000, max_record_bytes=1_000)
+    r = PartitionReplay(0, select(request, pin_of((0, 5, T0 + 3_600_000)), [0]))
+    r.feed([(0, b"7", value), (1, b"8", value), (2, None, value), (3, b"07", value), (4, b"7", big)])
+    assert r.invalid == 4 and r.records == 5
+
+
 def random_log(rng: random.Random, n: int, accounts: range = range(30)) -> list[bytes | None]:
     """Mostly in-order events with a long tail of late ones, some invalid records. Each
     partition gets its own accounts (Kafka's key partitioning)."""
@@ -132,8 +154,9 @@ def replay(sel_request: BackfillRequest, pin: Pin, logs: dict[int, list[bytes | 
     out = {p: PartitionReplay(p, sel) for p in sel.replay_to}
     for p, r in out.items():
         values = logs[p][:sel.replay_to[p]]
-        for i in range(0, len(values), chunk):  # fed in pieces, as Kafka hands them out
-            r.feed(list(enumerate(values))[i:i + chunk])
+        records = [(off, key_of(v), v) for off, v in enumerate(values)]
+        for i in range(0, len(records), chunk):  # fed in pieces, as Kafka hands them out
+            r.feed(records[i:i + chunk])
     return out
 
 
@@ -143,7 +166,7 @@ def pinned_from_truth(logs: dict[int, list[bytes | None]]) -> Pin:
     parts = []
     for p, values in logs.items():
         b = TruthBuilder(Rules(5_000, 60_000, 60_000))
-        b.feed(p, values)
+        b.feed(p, values, [key_of(v) for v in values])
         st = b.build().partitions[p]
         dlq = {("invalid", ""): st.invalid, ("late", "minute"): st.late_minute, ("late", "hour"): st.late_hour}
         parts.append(PinnedPartition(p, len(values), st.max_event_time_ms, st.watermark_ms(b.rules),
@@ -162,7 +185,7 @@ def test_replay_of_a_time_range_equals_the_independent_truth(seed: int) -> None:
     check_classification(replays, pin, request)  # same watermark and DLQ counts as "the ledger"
     truth_builder = TruthBuilder(Rules(5_000, 60_000, 60_000))
     for p, values in logs.items():
-        truth_builder.feed(p, values)
+        truth_builder.feed(p, values, [key_of(v) for v in values])
     truth = truth_builder.build()
     sel = select(request, pin, sorted(logs))
     tables = rows_by_table(replays)
