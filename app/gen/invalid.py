@@ -1,10 +1,16 @@
-"""Invalid record values, one class per way contract §2 says an input can be wrong.
+"""Invalid records, one class per way contract §2 says an input can be wrong.
 
 Each class has a few variants so the processor's validation is exercised at its edges
 (e.g. exactly 2**64, exactly 4102444800000, a float written as `1999.0`). None of them is
 valid under §2; tests/unit/test_gen_model.py checks every variant against a reference
 validator. Values are bytes because several are not JSON, and numbers outside 64 bits or
 in float notation need raw JSON fragments (orjson.Fragment) that orjson would not emit.
+
+All classes but the last break the value. The last, `key_mismatch`, keeps the value valid
+and breaks the key instead: still ASCII digits (so it partitions deterministically, like
+every generated key), but not exactly the account id in decimal (a leading zero, another
+account). A null key is left out on purpose: the partitioner places it at random, and the
+generator's records must land in the same partitions on every run.
 """
 
 from __future__ import annotations
@@ -137,6 +143,16 @@ def _wrong_type(event: Event, v: int) -> bytes:
     return _with(event, field, value)
 
 
+def _valid_value(event: Event, v: int) -> bytes:
+    return orjson.dumps(event)
+
+
+def _mismatched_key(event: Event, v: int) -> bytes:
+    acc: int = event["account_id"]
+    options = (b"0%d" % acc, b"%d" % (acc + 1), b"00%d" % acc, b"%d0" % acc)
+    return options[v % len(options)]
+
+
 # Order is part of the data: a class's index feeds the deterministic round-robin.
 INVALID_CLASSES: tuple[tuple[str, Callable[[Event, int], bytes]], ...] = (
     ("not_json", _not_json),
@@ -151,10 +167,20 @@ INVALID_CLASSES: tuple[tuple[str, Callable[[Event, int], bytes]], ...] = (
     ("bad_kind", _bad_kind),
     ("bad_event_id", _bad_event_id),
     ("wrong_type", _wrong_type),
+    ("key_mismatch", _valid_value),
 )
 INVALID_CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in INVALID_CLASSES)
+# class index -> how its key is made (the others keep the account id in decimal)
+KEY_CLASSES: dict[int, Callable[[Event, int], bytes]] = {INVALID_CLASS_NAMES.index("key_mismatch"): _mismatched_key}
 
 
 def make_invalid(class_index: int, variant: int, event: Event) -> bytes:
-    """The invalid value of class `class_index` (variant picks the sub-case) built from `event`."""
+    """The value of an invalid record of class `class_index` (variant picks the sub-case)
+    built from `event`: invalid itself, except for a key class (see make_invalid_key)."""
     return INVALID_CLASSES[class_index][1](event, variant)
+
+
+def make_invalid_key(class_index: int, variant: int, event: Event, key: bytes) -> bytes:
+    """The key of that record: `key` (the account id in decimal) unless the class breaks it."""
+    make = KEY_CLASSES.get(class_index)
+    return key if make is None else make(event, variant)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from app.gen.invalid import INVALID_CLASSES, MAX_EVENT_TIME_MS, make_invalid
+from app.gen.invalid import INVALID_CLASSES, MAX_EVENT_TIME_MS, make_invalid, make_invalid_key
 from app.gen.zipf import ZipfSampler
 
 CHUNK_SIZE = 65_536
@@ -326,7 +326,8 @@ def event_dict(cols: ChunkColumns, j: int) -> dict[str, Any]:
 
 def encode_columns(cols: ChunkColumns) -> list[tuple[bytes, bytes]]:
     """(key, value) records of a chunk. Key: the account id as ASCII decimal (also for
-    invalid records, so every key is non-empty and partitions like its account)."""
+    invalid records, so every key is non-empty and partitions like its account), except
+    for the `key_mismatch` class, whose key is other ASCII digits (app/gen/invalid.py)."""
     template = _TEMPLATE
     countries, kinds, pages, agents = _COUNTRY_B, _KIND_B, _PAGE_B, _AGENT_B
     n_agents = len(agents)
@@ -348,8 +349,8 @@ def encode_columns(cols: ChunkColumns) -> list[tuple[bytes, bytes]]:
     # Invalid records are rare (default 0.1%): patch them in afterwards.
     variants = cols.invalid_variant
     for j in np.nonzero(cols.invalid_class >= 0)[0].tolist():
-        value = make_invalid(int(cols.invalid_class[j]), int(variants[j]), event_dict(cols, j))
-        out[j] = (out[j][0], value)
+        cls, variant, event = int(cols.invalid_class[j]), int(variants[j]), event_dict(cols, j)
+        out[j] = (make_invalid_key(cls, variant, event, out[j][0]), make_invalid(cls, variant, event))
     return out
 
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from app.gen.cli import parse_args
-from app.gen.invalid import INVALID_CLASS_NAMES, INVALID_CLASSES, make_invalid
+from app.gen.invalid import INVALID_CLASS_NAMES, INVALID_CLASSES, KEY_CLASSES, make_invalid, make_invalid_key
 from app.gen.model import (
     CHUNK_SIZE,
     COUNTRIES,
@@ -110,9 +110,10 @@ def test_valid_records_match_orjson_and_contract() -> None:
     records = encode_columns(cols)
     sizes = []
     for j, (key, value) in enumerate(records):
-        assert key and key.isdigit() and key.decode("ascii") == str(int(cols.account_id[j]))
+        assert key and key.isdigit()
         if cols.invalid_class[j] >= 0:
             continue
+        assert key.decode("ascii") == str(int(cols.account_id[j]))
         # The fast template must be byte-identical to orjson's encoding of the same dict.
         assert value == orjson.dumps(event_dict(cols, j))
         assert reference_valid(value)
@@ -128,11 +129,18 @@ def test_every_invalid_variant_is_invalid() -> None:
     cols = chunk_columns(SMALL, 0)
     j = int(np.nonzero(cols.valid)[0][0])
     event = event_dict(cols, j)
+    key = b"%d" % event["account_id"]
     for class_index, (name, _) in enumerate(INVALID_CLASSES):
         seen = set()
         for variant in range(60):  # covers every sub-case (at most 10 per class, 9 combos for floats)
             value = make_invalid(class_index, variant, event)
+            bad_key = make_invalid_key(class_index, variant, event, key)
+            if class_index in KEY_CLASSES:  # contract §2: the key must be exactly the decimal account id
+                seen.add(bad_key)
+                assert reference_valid(value) and bad_key != key and bad_key.isdigit(), (name, variant, bad_key)
+                continue
             seen.add(value)
+            assert bad_key == key
             assert not reference_valid(value), (name, variant, value[:120])
         assert len(seen) >= 3, name
 
@@ -148,8 +156,11 @@ def test_invalid_classes_split_evenly_and_keys_stay_numeric() -> None:
     assert abs(total / CHUNK_SIZE - 0.05) < 0.005
     for j in np.nonzero(~cols.valid)[0].tolist():
         key, value = records[j]
-        assert key.isdigit() and int(key) == int(cols.account_id[j])
-        assert not reference_valid(value)
+        assert key.isdigit()
+        if int(cols.invalid_class[j]) in KEY_CLASSES:
+            assert key != b"%d" % int(cols.account_id[j]) and reference_valid(value)
+        else:
+            assert int(key) == int(cols.account_id[j]) and not reference_valid(value)
 
 
 def test_no_invalid_when_fraction_zero() -> None:
