@@ -22,9 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.core.config import env, psycopg_conninfo  # noqa: E402
-
-LEDGER_TABLES = ("sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
-                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint", "pipeline_rules")
+from app.ledger.scope import forget_pipeline  # noqa: E402
 
 
 def main() -> int:
@@ -98,8 +96,7 @@ def reset(scope: dict[str, str], ch_path: Path) -> None:
         while any(t in admin.list_topics(timeout=10).topics for t in doomed) and time.monotonic() < deadline:
             time.sleep(0.5)
     with psycopg.connect(psycopg_conninfo(scope["DATABASE_URL"]), autocommit=True) as conn:
-        for table in LEDGER_TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (scope["PIPELINE_ID"],))  # noqa: S608
+        forget_pipeline(conn, scope["PIPELINE_ID"])
     shutil.rmtree(ch_path, ignore_errors=True)
 
 

@@ -36,9 +36,8 @@ from confluent_kafka.admin import AdminClient
 
 from app.core.config import env, psycopg_conninfo
 from app.core.kafka import ensure_topic, producer_config
+from app.ledger.scope import forget_pipeline
 
-LEDGER_TABLES = ("sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count", "partition_state",
-                 "pipeline_run", "ledger_checkpoint", "pipeline_rules")
 COUNTRIES = ("US", "DE", "GB", "FR", "JP", "IN", "BR", "CA", "AU", "IT", "ES", "MX", "KR", "NL", "SE", "CH")
 HOUR_START_MS = 1_763_596_800_000  # 2025-11-20T00:00:00Z
 RESULTS = REPO / "experiments" / "results"
@@ -52,8 +51,7 @@ def scope_env(pipeline_id: str) -> dict[str, str]:
 
 def reset_scope(scope: dict[str, str], state_dir: Path) -> None:
     with psycopg.connect(psycopg_conninfo(scope["DATABASE_URL"]), autocommit=True) as conn:
-        for t in LEDGER_TABLES:
-            conn.execute(f"DELETE FROM {t} WHERE pipeline_id = %s", (scope["PIPELINE_ID"],))
+        forget_pipeline(conn, scope["PIPELINE_ID"])
     admin = AdminClient({"bootstrap.servers": scope["KAFKA_BOOTSTRAP_SERVERS"]})
     topics = [scope["EVENTS_TOPIC"], scope["DLQ_TOPIC"]]
     existing = admin.list_topics(timeout=10).topics

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the --fail-insert-probability draws (default 0)")
     f.add_argument("--fail-insert-mode", choices=FAULT_MODES, default="before",
                    help="before: nothing written; after: all written, then the error; mid: the first half "
-                        "of the insert's blocks written, then the error (default before)")
+                        "of the insert's blocks written, then the error; drop: nothing written and no error "
+                        "(loses rows on purpose: shows that verify notices) (default before)")
     add_runtime_args(p, metrics_port=9309)
     add_fault_injection_arg(p)
     return p

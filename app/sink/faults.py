@@ -11,7 +11,10 @@ which the sink retries like a real ClickHouse error — same group, same rows, s
             sent as its own insert with the same token; ClickHouse numbers blocks within
             an insert, so the prefix's blocks carry the ids the full insert's first blocks
             carry, exactly as if the full insert had stopped there (docs/sink.md). An
-            insert of a single block has no middle: nothing is written.
+            insert of a single block has no middle: nothing is written;
+- `drop`:   nothing is written and the call reports success: a ClickHouse that loses an
+            acknowledged block. It breaks exactly-once on purpose, so that tests can show
+            that verify (and the chaos report) notice a loss instead of hiding it.
 
 Which calls fail is deterministic: every Nth call, and/or each call with probability P
 drawn from a generator seeded by `seed`.
@@ -33,7 +36,7 @@ from app.sink.writer import RollupWriter
 
 log = structlog.get_logger("sink")
 
-FAULT_MODES: Final = ("before", "after", "mid")
+FAULT_MODES: Final = ("before", "after", "mid", "drop")
 
 
 class InjectedInsertFault(RetryableError):
@@ -86,6 +89,10 @@ class FaultyWriter:
         metrics.SINK_INJECTED_FAULTS.labels(mode=mode).inc()
         blocks = rows.to_batches()
         written = 0
+        if mode == "drop":
+            log.warning("insert_fault_injected", table=table, token=token, mode=mode, call=self.calls,
+                        blocks=len(blocks), blocks_written=0, rows_dropped=rows.num_rows)
+            return  # reported as landed: the sink acknowledges rows ClickHouse never got
         if mode == "after":
             self.inner.insert(table, rows, token, settings)
             written = len(blocks)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--checkpoint-crash", default="8-40", metavar="LO-HI",
                    help="an armed processor incarnation dies inside its Nth checkpoint, N in LO..HI (default 8-40)")
     f.add_argument("--no-oversized", action="store_true", help="hostile bursts without 600 KB / 2 MB / 10 MB records")
+    f.add_argument("--break-sink", action="store_true",
+                   help="a deliberately broken sink that silently drops every 3rd insert: the run must end NOT "
+                        "EXACT (shows the harness never hides a mismatch)")
     p.add_argument("--max-pending-rows", type=positive_int_arg, default=None,
                    help="processors pause reading above this ClickHouse backlog; a stall must be able to "
                         "reach it (default: half a second of input, at least 20000)")
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     processors=args.processors, partitions=args.partitions, accounts=args.accounts, plan=plan,
                     run_dir=args.work_dir / name, pipeline_id=f"chaos-{name}"[:64],
                     database_url=env("DATABASE_URL"), bootstrap=args.bootstrap_servers,
-                    oversized=not args.no_oversized,
+                    oversized=not args.no_oversized, break_sink=args.break_sink,
                     max_pending_rows=args.max_pending_rows or max(20_000, int(args.rate / 2)),
                     command="python -m experiments.chaos " + shlex.join(sys.argv[1:] if argv is None else argv))
     result = ChaosRun(cfg).run()

@@ -68,6 +68,18 @@ def _what_it_hit(role: str, events: list[dict[str, Any]]) -> str:
     return "starting up"
 
 
+class RunAborted(Exception):
+    """A process failed in a way a restart cannot fix; the run cannot reach a verdict."""
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return "(no log)"
+    return lines[-1][:500] if lines else "(empty log)"
+
+
 @dataclass
 class Incarnation:
     child: Child
@@ -85,6 +97,7 @@ class Fleet:
     started_at: float
     processor_args: tuple[str, ...]
     sink_args: tuple[str, ...]
+    break_sink: bool = False             # every sink incarnation drops every 3rd insert silently
     arm: bool = True                     # False while draining: new incarnations start unarmed
     exits: list[Exit] = field(default_factory=list)
     processors: dict[int, Incarnation] = field(default_factory=dict)
@@ -92,6 +105,7 @@ class Fleet:
     _next_processor: dict[int, int] = field(default_factory=dict)
     _next_sink: int = 0
     retired: set[int] = field(default_factory=set)   # slots not restarted (a joiner that left)
+    _failures: dict[str, int] = field(default_factory=dict)  # consecutive exit-1 per role and slot
 
     def now_s(self) -> float:
         return round(time.monotonic() - self.started_at, 3)
@@ -125,7 +139,10 @@ class Fleet:
         extra = {}
         spec = None
         settings: dict[str, Any] = {"insert_block_rows": inc.insert_block_rows, "async_insert": inc.async_insert}
-        if self.arm:
+        if self.break_sink:  # a negative control: never armed otherwise, even while draining
+            args += ["--fault-injection", "--fail-insert-every", "3", "--fail-insert-mode", "drop"]
+            settings.update(fail_mode="drop")
+        elif self.arm:
             spec = inc.crash_spec
             args += ["--fault-injection", "--fail-insert-probability", str(inc.fail_probability),
                      "--fail-insert-mode", inc.fail_mode, "--fail-insert-seed", str(inc.fail_seed)]
@@ -140,18 +157,29 @@ class Fleet:
     # ---- supervising ------------------------------------------------------------
 
     def reap(self) -> list[Exit]:
-        """Record every incarnation that ended and start the next one in its place."""
+        """Record every incarnation that ended and start the next one in its place, as a
+        supervisor would. A configuration error (exit 2), or a role failing (exit 1) five
+        times in a row, is not something a restart fixes: RunAborted."""
         ended = []
         for slot, inc in list(self.processors.items()):
             if inc.child.poll():
-                ended.append(self._record("processor", slot, inc))
+                ended.append(self._check(self._record("processor", slot, inc)))
                 del self.processors[slot]
                 if slot not in self.retired:
                     self.start_processor(slot)
         if self.sink is not None and self.sink.child.poll():
-            ended.append(self._record("sink", 0, self.sink))
+            ended.append(self._check(self._record("sink", 0, self.sink)))
             self.start_sink()
         return ended
+
+    def _check(self, e: Exit) -> Exit:
+        if e.returncode == 2:
+            raise RunAborted(f"{e.role} exited 2 (configuration): {_last_line(self.scope.run_dir / e.log)}")
+        key = f"{e.role}{e.slot}"
+        self._failures[key] = self._failures.get(key, 0) + 1 if e.returncode == 1 else 0
+        if self._failures[key] >= 5:
+            raise RunAborted(f"{e.role} failed (exit 1) 5 times in a row: {_last_line(self.scope.run_dir / e.log)}")
+        return e
 
     def _record(self, role: str, slot: int, inc: Incarnation) -> Exit:
         rc = inc.child.returncode if inc.child.returncode is not None else 0
@@ -172,7 +200,7 @@ class Fleet:
 
     def kill_processor(self, slot: int) -> bool:
         inc = self.processors.get(slot)
-        if inc is None or inc.child.returncode is not None:
+        if inc is None or inc.child.returncode is not None or inc.killed_by_harness:
             return False
         if inc.stopped:
             os.kill(inc.child.pid, signal.SIGCONT)
@@ -182,11 +210,12 @@ class Fleet:
         return True
 
     def kill_sink(self) -> bool:
-        if self.sink is None or self.sink.child.returncode is not None:
+        if self.sink is None or self.sink.child.returncode is not None or self.sink.killed_by_harness:
             return False
         if self.sink.stopped:
             os.kill(self.sink.child.pid, signal.SIGCONT)
             self.sink.stopped = False
+        self.sink.killed_by_harness = True
         os.kill(self.sink.child.pid, signal.SIGKILL)
         return True
 

@@ -140,7 +140,8 @@ def markdown(r: RunResult, data: dict[str, Any], png: str) -> str:
         f"| ClickHouse stalls (sink SIGSTOPped) | {c['faults'].get('sink_stall', 0)} "
         f"(backpressure pauses logged: {r.logs.get('backpressure_pauses', 0)}) |",
         f"| fences (SIGSTOP past the session timeout) | {c['faults'].get('fence', 0)} "
-        f"(fenced commits/snapshots logged: {r.logs.get('checkpoints_fenced', 0)}) |",
+        f"(after SIGCONT: partitions lost {sum(f.detail.get('partitions_lost', 0) for f in r.faults)}, "
+        f"fenced commits/snapshots {sum(f.detail.get('checkpoint_fenced', 0) + f.detail.get('snapshot_fenced', 0) for f in r.faults)}) |",
         f"| broker restarts | {c['broker_restarts']} |",
         f"| hostile records | {sum(r.hostile_records.values())} in {c['faults'].get('hostile_burst', 0)} bursts |",
         "",
@@ -159,7 +160,7 @@ def markdown(r: RunResult, data: dict[str, Any], png: str) -> str:
         "## Verify",
         "",
         "```",
-        r.verify_stdout.strip()[-4000:],
+        "\n".join(line for line in r.verify_stdout.strip().splitlines() if not line.startswith("{"))[-4000:],
         "```",
         "",
         "## Fault timeline",

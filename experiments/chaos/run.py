@@ -20,7 +20,7 @@ from app.core.config import REPO_ROOT, parse_time_ms
 from app.core.kafka import producer_config
 from experiments.benchkit.proc import Child
 from experiments.chaos import hostile
-from experiments.chaos.fleet import Exit, Fleet
+from experiments.chaos.fleet import Exit, Fleet, RunAborted, log_events
 from experiments.chaos.observe import Observer, Sample
 from experiments.chaos.schedule import ChaosPlan, Fault, Schedule, build_schedule
 from experiments.chaos.stack import TOPIC_MAX_MESSAGE_BYTES, KafkaCluster, Scope, wait_for
@@ -44,6 +44,7 @@ class RunConfig:
     late_fraction: float = 0.02
     invalid_fraction: float = 0.002
     oversized: bool = True
+    break_sink: bool = False              # the sink drops every 3rd insert silently (a negative control)
     max_pending_rows: int = 300_000
     drain_timeout_s: float = 900.0
     command: str = ""
@@ -129,7 +130,8 @@ class ChaosRun:
         t0 = time.monotonic()
         observer = Observer(scope, t0)
         self._observer = observer
-        fleet = Fleet(scope, self.schedule, t0, self._processor_args(), self._sink_args())
+        fleet = Fleet(scope, self.schedule, t0, self._processor_args(), self._sink_args(),
+                      break_sink=self.cfg.break_sink)
         observer.start()
         for slot in range(cfg.processors):
             fleet.start_processor(slot)
@@ -138,8 +140,10 @@ class ChaosRun:
         self._say(f"generator at {cfg.rate:,.0f} events/s for {cfg.events:,} events; "
                   f"{len(self.schedule.faults)} scheduled faults")
         pending = list(self.schedule.faults)
-        gen_s = 0.0
+        gen_s = drain_s = 0.0
+        drained = False
         last_report = 0.0
+        aborted: str | None = None
         try:
             while True:
                 now = time.monotonic() - t0
@@ -177,11 +181,16 @@ class ChaosRun:
             drain0 = time.monotonic()
             drained = self._drain(fleet, observer, scope)
             drain_s = time.monotonic() - drain0
+        except RunAborted as e:
+            aborted = str(e)
+            self._say(f"ABORTED: {aborted}")
         finally:
             fleet.terminate_all()
             gen.kill() if gen.returncode is None else None
             observer.stop()
-        verify_rc, verify_out, verify_summary = self._verify(scope) if drained else (None, "not drained", None)
+        self._fence_outcomes()
+        verify_rc, verify_out, verify_summary = self._verify(scope) if drained else (
+            None, f"not verified: {aborted or 'the pipeline did not drain in time'}", None)
         return RunResult(cfg, self.schedule, observer.samples, self.faults, fleet.exits, gen_s, drained, drain_s,
                          verify_rc, verify_out, verify_summary, ledger_summary(scope), clickhouse_summary(scope),
                          self.hostile_counts, log_summary(fleet), versions(), started_utc,
@@ -253,7 +262,8 @@ class ChaosRun:
             inc = fleet.processors.get(f.target)
             ok = fleet.pause(inc, True)
             rec = FaultRecord(now, f.kind, f"processor{f.target}", "SIGSTOP" if ok else "not running",
-                              detail={"incarnation": None if inc is None else inc.number})
+                              detail={"incarnation": None if inc is None else inc.number,
+                                      "log": None if inc is None else str(inc.child.log_path)})
             self._active.append((now + f.duration_s, rec, f))
         elif f.kind == "join_leave":
             slot = self.cfg.processors  # the extra slot
@@ -366,6 +376,19 @@ class ChaosRun:
                 break
         return res.returncode, res.stdout + ("\n" + res.stderr[-3000:] if res.returncode else ""), summary
 
+    def _fence_outcomes(self) -> None:
+        """What each fence did to the stopped instance once it ran again: its log after the
+        SIGCONT shows partitions lost to the group, or commits refused by the ledger's fencing."""
+        for rec in self.faults:
+            if rec.kind != "fence" or not rec.detail.get("log"):
+                continue
+            events = log_events(Path(rec.detail["log"]))
+            seen = {name: sum(1 for e in events if e.get("event") == name)
+                    for name in ("partitions_lost", "checkpoint_fenced", "snapshot_fenced", "partitions_revoked")}
+            rec.detail.update(seen)
+            found = ", ".join(f"{k} {v}" for k, v in seen.items() if v)
+            rec.hit = f"SIGSTOP past the session timeout; after SIGCONT: {found or 'nothing logged'}"
+
     def _say(self, text: str) -> None:
         print(f"chaos: {text}", flush=True)
 
@@ -458,7 +481,7 @@ def versions() -> dict[str, str]:
     import chdb
     import clickhouse_connect
     import confluent_kafka
-    out = {"python": platform.python_version(), "confluent_kafka": confluent_kafka.version()[0],
+    out = {"python": platform.python_version(), "confluent_kafka": confluent_kafka.__version__,
            "librdkafka": confluent_kafka.libversion()[0], "clickhouse_connect": clickhouse_connect.__version__,
            "chdb": getattr(chdb, "__version__", "?")}
     pom = (REPO_ROOT / "infra" / "pom.xml").read_text()

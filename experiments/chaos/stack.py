@@ -17,9 +17,8 @@ import psycopg
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.core.config import REPO_ROOT, psycopg_conninfo
+from app.ledger.scope import forget_pipeline
 
-LEDGER_TABLES = ("sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
-                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint")
 KAFKA_SH = REPO_ROOT / "infra" / "kafka.sh"
 TOPIC_MAX_MESSAGE_BYTES = 16 << 20  # the input may carry 10 MB records (oversized, hostile)
 
@@ -133,8 +132,7 @@ class Scope:
     def reset(self) -> None:
         """Forget every earlier run of this pipeline id: ledger rows, local data."""
         with self.ledger() as conn:
-            for table in LEDGER_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (self.pipeline_id,))  # noqa: S608
+            forget_pipeline(conn, self.pipeline_id)
         shutil.rmtree(self.run_dir / "clickhouse", ignore_errors=True)
         shutil.rmtree(self.run_dir / "state", ignore_errors=True)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)

@@ -50,3 +50,19 @@ def test_one_run_with_every_fault_at_once_is_exact(kafka: str, postgres: str, tm
     assert len(layouts) >= 2, f"the sink never restarted with another block layout: {layouts}"
     assert sum(data["hostile_records"].values()) > 0
     assert data["ledger"]["dlq"], "no DLQ counts: hostile records never reached the DLQ"
+
+
+def test_a_sink_that_drops_inserts_is_reported_not_exact(kafka: str, postgres: str, tmp_path: Path) -> None:
+    """The negative control: a sink that acknowledges every 3rd insert without writing it.
+    The harness must say NOT EXACT, exit 1 and show verify's missing keys in the report."""
+    res, data = _chaos(tmp_path, kafka, "--seed", "5", "--events", "30000", "--rate", "6000",
+                       "--processors", "1", "--partitions", "2", "--accounts", "2000",
+                       "--processor-kills", "0", "--sink-kills", "0", "--stalls", "0", "--join-leaves", "0",
+                       "--fences", "0", "--hostile-bursts", "0", "--insert-fail-probability", "0",
+                       "--break-sink")
+    assert res.returncode == 1, res.stdout[-3000:]
+    assert not data["exact"] and data["verify"]["exit_code"] == 1
+    missing = sum(t["missing"] + t["different"] for t in data["verify"]["summary"]["tables"])
+    assert missing > 0, data["verify"]["summary"]
+    md = (tmp_path / "report" / "ci.md").read_text()
+    assert "**NOT EXACT**" in md and "**EXACT**" not in md
