@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from app.clickhouse.client import connect
 from app.core.kafka import ensure_topic, producer_config
@@ -115,15 +115,23 @@ def assert_crashed_at(returncode: int | None, stderr: str, point: str, nth: int 
         assert reached[-1]["nth"] == nth, reached
 
 
-def topic_end(bootstrap: str, topic: str) -> int:
-    """Records in the topic (sum of its partitions' high watermarks)."""
+def topic_end(bootstrap: str, topic: str, *, not_ready_ok: bool = False) -> int:
+    """Records in the topic (sum of its partitions' high watermarks). With `not_ready_ok`,
+    0 while the topic does not exist or a partition has no reachable leader (a new topic, a
+    broker just killed): for use inside `wait_for`, which polls until the answer is real."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False,
-                  "log_level": 3})
+                  "log_level": 0 if not_ready_ok else 3})
     try:
         md = c.list_topics(topic, timeout=10)
         if topic not in md.topics or md.topics[topic].error is not None:
-            return 0
+            if not_ready_ok:
+                return 0
+            raise AssertionError(f"topic {topic} not found: {md.topics.get(topic)}")
         return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                    for p in md.topics[topic].partitions)
+    except KafkaException:
+        if not_ready_ok:
+            return 0
+        raise
     finally:
         c.close()
