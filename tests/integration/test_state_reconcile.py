@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Pipeline
-from tests.helpers import assert_crashed_at
+from tests.helpers import assert_crashed_at, wait_for
 
 GEN = ("--seed", "7", "--events", "60000", "--accounts", "3000", "--partitions", "3",
        "--late-fraction", "0.05", "--invalid-fraction", "0.01", "--event-time-rate", "200")
@@ -101,16 +101,21 @@ def test_local_state_is_reused_only_while_it_matches_the_ledger(pipeline: Pipeli
 def test_memory_store_rebuilds_from_chunked_snapshots(pipeline: Pipeline) -> None:
     """--state-store memory has no local state: every start restores from the ledger's
     chunked snapshot plus later batches, and the snapshot really is in several chunks."""
-    memory = ("--state-store", "memory", "--snapshot-interval", "0s", "--snapshot-chunk-rows", "500")
+    memory = ("--state-store", "memory", "--snapshot-chunk-rows", "500")
     pipeline.gen(*GEN)
-    pipeline.processor(*SMALL, *memory)
-    with pipeline.ledger() as conn:
-        (chunks,) = conn.execute("SELECT coalesce(max(chunks), 0) FROM window_snapshot WHERE pipeline_id = %s",
-                                 (pipeline.pipeline_id,)).fetchone()
-    assert chunks >= 2
-    pipeline.gen(*GEN[2:], "--seed", "8", "--start-time", "2025-11-20T00:03:00Z")
+    # snapshot chunks are written on loop turns without a checkpoint; an idle turn lasts the
+    # 0.2 s consume timeout, so a 1 s batch wait leaves room for them once the input is read
+    first = pipeline.start("app.processor", *SMALL, *memory, "--batch-max-wait", "1s", "--snapshot-interval", "0s")
+    wait_for(lambda: (pipeline.committed_offsets() == 60_000 and pipeline.ledger_value(
+                 "SELECT count(*) FROM window_snapshot WHERE pipeline_id = %s AND chunks >= 2") == 3),
+             180, "a snapshot of every partition published in 2 or more chunks")
+    first.terminate()
+    assert first.wait(timeout=60) == 0, pipeline.log(first)[-3000:]
+    pipeline.gen(*_part(8, 60_000, "00:03:00"))
     second = pipeline.processor(*SMALL, *memory)
-    assert all(r["restored_rows"] > 0 and r["state"] == "rebuilt" for r in _restores(second.stderr))
+    restores = _restores(second.stderr)
+    assert sorted(r["partition"] for r in restores) == [0, 1, 2], second.stderr[-3000:]
+    assert all(r["restored_rows"] > 0 and r["state"] == "rebuilt" for r in restores), restores
     pipeline.sink()
     _assert_exact(pipeline)
 
