@@ -114,6 +114,15 @@ class Pipeline:
         """Everything a process started with `start` has written to stderr so far."""
         return self.logs[proc.pid].read_text(errors="replace")
 
+    def alive(self, *procs: subprocess.Popen[bytes]) -> bool:
+        """True while every one of `procs` (started with `start`) runs; else fail with the
+        log of the one that ended. For wait_for predicates: `p.alive(proc) and condition`."""
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"{' '.join(map(str, proc.args[2:4]))} exited {proc.returncode} while "
+                                     f"the test still needed it:\n{self.log(proc)[-3000:]}")
+        return True
+
     def ledger_value(self, sql: str) -> int:
         """One integer read from the ledger; `sql` takes the pipeline id as its only parameter."""
         with self.ledger() as conn:
@@ -128,13 +137,14 @@ class Pipeline:
         return self.ledger_value("SELECT count(*) FROM ledger_checkpoint WHERE pipeline_id = %s")
 
     def pending_batches(self) -> int:
-        return self.ledger_value("SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND status = 'pending'")
+        return self.ledger_value(
+            "SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND status = 'pending'")
 
     def sink_until_acked(self, *args: str, timeout: float = 240) -> None:
         """Deliver every committed batch with a live sink, then stop it (SIGTERM): for a
         ledger no --until-end processor finished, where `sink` (--until-idle) would wait."""
         sink = self.start("app.sink", *args)
-        wait_for(lambda: self.pending_batches() == 0 or sink.poll() is not None, timeout,
+        wait_for(lambda: self.alive(sink) and self.pending_batches() == 0, timeout,
                  "the sink to acknowledge every committed batch")
         sink.terminate()
         assert sink.wait(timeout=60) == 0, self.log(sink)[-3000:]

@@ -36,8 +36,8 @@ class RunResult:
     failed: tuple[str, ...] = field(default_factory=tuple)  # test ids that failed or errored
 
     def line(self, runs: int) -> str:
-        return (f"run {self.run}/{runs}: {self.passed} passed, {len(self.failed)} failed, {self.skipped} skipped "
-                f"in {self.seconds:.0f} s (pytest exit {self.exit_code})")
+        return (f"run {self.run}/{runs}: {self.passed} passed, {len(self.failed)} failed, "
+                f"{self.skipped} skipped in {self.seconds:.0f} s (pytest exit {self.exit_code})")
 
 
 def test_id(case: ET.Element) -> str:
@@ -85,7 +85,8 @@ def report(results: list[RunResult], runs: int) -> str:
     counts = Counter(t for r in results for t in r.failed)
     if counts:
         lines.append(f"{len(counts)} test(s) failed at least once:")
-        lines += [f"  failed {n}/{len(results)}  {t}" for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # most frequent first
+        lines += [f"  failed {n}/{len(results)}  {t}" for t, n in ranked]
     else:
         lines.append("no test failed in any run")
     return "\n".join(lines)

@@ -133,7 +133,7 @@ def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(bf: Pipeli
     p.gen(*GEN)
     processor = p.start("app.processor", *LIVE)          # live: no --until-end
     sink = p.start("app.sink")
-    wait_for(lambda: drained(p, EVENTS), 180, "the live pipeline to drain")
+    wait_for(lambda: p.alive(processor, sink) and drained(p, EVENTS), 180, "the live pipeline to drain")
     stop(sink)                                           # the embedded path has one owner at a time
     before = final(p)
     live_max = p.ledger_value("SELECT max(checkpoint_id) FROM ledger_checkpoint WHERE pipeline_id = %s")
@@ -141,8 +141,9 @@ def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(bf: Pipeli
     assert max(r[5] for r in clickhouse_rows(p.clickhouse_url, "rollup_minute", final=False)) <= live_max + 1
     sink = p.start("app.sink")                           # the sink owns ClickHouse again...
     trickle = p.start("app.gen", *TRICKLE)               # ...once live events flow through it
-    wait_for(lambda: holds_path(sink, p), 90, "the sink to hold the embedded path")
-    wait_for(lambda: p.committed_offsets() > EVENTS, 90, "the live processor to commit trickle events")
+    wait_for(lambda: p.alive(sink) and holds_path(sink, p), 90, "the sink to hold the embedded path")
+    wait_for(lambda: p.alive(processor) and p.committed_offsets() > EVENTS, 90,
+             "the live processor to commit trickle events")
 
     dry = backfill(p, *HOUR, "--dry-run", "--json")
     assert "in use by another process" in dry.stdout and "DRY RUN" in dry.stdout
@@ -160,7 +161,8 @@ def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(bf: Pipeli
     assert landed["windows"] == plan["windows"] and landed["deleted_keys"] is None
     assert version > live_max + 1                        # above every live version and the corruption
     assert trickle.wait(timeout=60) == 0
-    wait_for(lambda: drained(p, EVENTS + TRICKLE_EVENTS), 180, "the sink to deliver everything")
+    wait_for(lambda: p.alive(processor, sink) and drained(p, EVENTS + TRICKLE_EVENTS), 180,
+             "the sink to deliver everything")
     assert processor.poll() is None                      # live processing ran throughout
     stop(sink)
 

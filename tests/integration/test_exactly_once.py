@@ -100,13 +100,14 @@ def test_processor_killed_at_random_moments(pipeline: Pipeline) -> None:
     for share in (0.1, 0.35, 0.6):
         before = pipeline.committed_offsets()
         proc = pipeline.start("app.processor", "--until-end", *SMALL, "--log-level", "info")
-        wait_for(lambda s=share: pipeline.committed_offsets() >= s * EVENTS, 180,  # type: ignore[misc]
+        wait_for(lambda s=share: pipeline.alive(proc) and pipeline.committed_offsets() >= s * EVENTS, 180,
                  f"the processor to commit {share:.0%} of the topic")
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL, "the processor ended before the kill"
         log = pipeline.log(proc)
         if before:  # it restored what the instance before it had committed
-            assert any(r["ledger_checkpoint"] is not None for r in log_events(log, "partition_restored")), log[-3000:]
+            restored = log_events(log, "partition_restored")
+            assert any(r["ledger_checkpoint"] is not None for r in restored), log[-3000:]
         assert log_events(log, "checkpoint_committed"), log[-3000:]
         killed_at.append(pipeline.committed_offsets())
     # every kill came while much of the topic was still to do (several checkpoints of margin)

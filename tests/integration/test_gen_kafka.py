@@ -160,7 +160,8 @@ def test_sigterm_stops_flushes_and_exits_0(topics: list[str]) -> None:
                                      "--rate", "3000", "--event-time-rate", "1000"),
                             cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
     # stopped while producing: once records are in Kafka, and long before the last one
-    wait_for(lambda: topic_end(BOOTSTRAP, topic, not_ready_ok=True) >= 3000, 60, "the generator's first records in Kafka")
+    wait_for(lambda: topic_end(BOOTSTRAP, topic, not_ready_ok=True) >= 3000, 60,
+             "the generator's first records in Kafka")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr

@@ -39,6 +39,7 @@ AFTER_SNAPSHOT = """SELECT count(*) FROM sink_batch b WHERE b.pipeline_id = %s A
                         SELECT 1 FROM window_snapshot s WHERE s.pipeline_id = b.pipeline_id AND s.topic = b.topic
                           AND s.partition = bp.p AND s.checkpoint_id >= b.checkpoint_id))"""
 SNAPSHOTTED_PARTITIONS = "SELECT count(*) FROM window_snapshot WHERE pipeline_id = %s"
+SNAPSHOT_CHECKPOINTS = "SELECT sum(checkpoint_id) FROM window_snapshot WHERE pipeline_id = %s"
 
 
 def test_pruned_payloads_are_never_needed_again(pipeline: Pipeline) -> None:
@@ -48,20 +49,20 @@ def test_pruned_payloads_are_never_needed_again(pipeline: Pipeline) -> None:
     # part A, a snapshot after every checkpoint: wait until it is all committed and each
     # partition's snapshot covers at least one batch
     first = p.start("app.processor", *LIVE, *SNAPSHOTS, "--state-dir", str(p.tmp / "s1"))
-    wait_for(lambda: (p.committed_offsets() == a_events and p.ledger_value(SNAPSHOTTED_PARTITIONS) == 2
-                      and p.ledger_value(COVERED) > 0),
+    wait_for(lambda: (p.alive(first) and p.committed_offsets() == a_events
+                      and p.ledger_value(SNAPSHOTTED_PARTITIONS) == 2 and p.ledger_value(COVERED) > 0),
              120, "part A committed with a published snapshot of both partitions covering a batch")
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=60) == 0, p.log(first)[-3000:]
-    snapshots = p.ledger_value("SELECT sum(checkpoint_id) FROM window_snapshot WHERE pipeline_id = %s")
+    snapshots = p.ledger_value(SNAPSHOT_CHECKPOINTS)
 
     # part B with snapshots off: its batches are the ones restore must read after the snapshot
     p.gen(*PART_B)
     second = p.start("app.processor", *LIVE, "--snapshot-interval", "1h", "--state-dir", str(p.tmp / "s2"))
-    wait_for(lambda: p.committed_offsets() == a_events + 10000, 120, "part B committed")
+    wait_for(lambda: p.alive(second) and p.committed_offsets() == a_events + 10000, 120, "part B committed")
     second.send_signal(signal.SIGKILL)
     assert second.wait(timeout=60) == -signal.SIGKILL
-    assert p.ledger_value("SELECT sum(checkpoint_id) FROM window_snapshot WHERE pipeline_id = %s") == snapshots
+    assert p.ledger_value(SNAPSHOT_CHECKPOINTS) == snapshots  # part B published no snapshot
     needed = p.ledger_value(AFTER_SNAPSHOT)
     assert needed > 0, "no batch was committed after the snapshots: restore would not read any"
 

@@ -94,37 +94,36 @@ def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: dict[
     the outage committed), never for a fixed time."""
     p = pipeline3
     bootstrap = cluster3["bootstrap"]
-    gen = p.start("app.gen", "--seed", "11", "--events", "100000000", "--rate", str(RATE), "--accounts", "20000",
-                  "--partitions", "6", "--late-fraction", "0.02", "--invalid-fraction", "0.01",
+    gen = p.start("app.gen", "--seed", "11", "--events", "100000000", "--rate", str(RATE),
+                  "--accounts", "20000", "--partitions", "6", "--late-fraction", "0.02", "--invalid-fraction", "0.01",
                   "--event-time-rate", "1000", "--metrics-port", "0", "--log-level", "info")
     running: list[subprocess.Popen[bytes]] = [gen]
 
-    def alive() -> None:  # returns None: `alive() or cond` checks both
-        for proc in running:
-            assert proc.poll() is None, f"{proc.args[2]} exited {proc.returncode}:\n{p.log(proc)[-3000:]}"
+    def alive() -> bool:
+        return p.alive(*running)
 
     def committed_at_least(n: int) -> bool:
-        alive()
-        return p.committed_offsets() >= n
+        return alive() and p.committed_offsets() >= n
 
     def produced() -> int:  # records in the topic, once every partition answers
         return wait_for(lambda: topic_end(bootstrap, p.topic, not_ready_ok=True), 120,
                         "the end offsets of every partition of the topic")
 
-    wait_for(lambda: alive() or topic_end(bootstrap, p.topic, not_ready_ok=True), 120,
+    wait_for(lambda: alive() and topic_end(bootstrap, p.topic, not_ready_ok=True), 120,
              "the generator's first records")
     _assert_replicated(p, bootstrap)
     sink = p.start("app.sink")
     # A dies inside its 12th checkpoint's transaction: rows written, COMMIT never sent
-    a = p.start("app.processor", *SMALL, "--state-dir", str(p.tmp / "a"), crash_at="checkpoint.inside_commit:12")
+    a = p.start("app.processor", *SMALL, "--state-dir", str(p.tmp / "a"),
+                crash_at="checkpoint.inside_commit:12")
     b = p.start("app.processor", *SMALL, "--state-dir", str(p.tmp / "b"))
     running += [sink, b]
-    wait_for(lambda: alive() or a.poll() is not None, 180, "processor A's crash")
+    wait_for(lambda: alive() and a.poll() is not None, 180, "processor A's crash")
     assert_crashed_at(a.returncode, p.log(a), "checkpoint.inside_commit", nth=12)
 
     c = p.start("app.processor", *SMALL, "--state-dir", str(p.tmp / "c"))
     running.append(c)
-    wait_for(lambda: alive() or log_events(p.log(c), "checkpoint_committed"), 180,
+    wait_for(lambda: alive() and log_events(p.log(c), "checkpoint_committed"), 180,
              "the third instance's first checkpoint")
 
     _kafka(cluster3, "node-kill", "2")
@@ -147,7 +146,7 @@ def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: dict[
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, p.log(proc)[-4000:]
     running[:] = [sink]
-    wait_for(lambda: alive() or p.pending_batches() == 0, 300, "the sink to acknowledge every batch")
+    wait_for(lambda: alive() and p.pending_batches() == 0, 300, "the sink to acknowledge every batch")
     sink.send_signal(signal.SIGTERM)
     assert sink.wait(timeout=120) == 0, p.log(sink)[-4000:]
 

@@ -105,17 +105,14 @@ def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipel
     sink = pipeline.start("app.sink", "--until-idle")
     zombie = pipeline.start("app.processor", "--until-end", *SMALL, "--state-dir", str(pipeline.tmp / "z"))
 
-    def first_checkpoint() -> bool:
-        assert zombie.poll() is None, pipeline.log(zombie)[-3000:]
-        return pipeline.committed_offsets() > 0
-
     def owners() -> set[str]:
         with pipeline.ledger() as conn:
             rows = conn.execute("SELECT owner FROM partition_state WHERE pipeline_id = %s",
                                 (pipeline.pipeline_id,)).fetchall()
         return {r[0] for r in rows} if len(rows) == 4 else set()
 
-    wait_for(first_checkpoint, 120, "the first instance's first checkpoint")
+    wait_for(lambda: pipeline.alive(zombie) and pipeline.committed_offsets() > 0, 120,
+             "the first instance's first checkpoint")
     zombie.send_signal(signal.SIGSTOP)  # frozen right after its first checkpoint: work is left
     try:
         assert pipeline.committed_offsets() < events
@@ -125,7 +122,8 @@ def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipel
         started = wait_for(lambda: log_events(pipeline.log(other), "processor_started"), 60,
                            "the other instance's processor_started line")
         other_owner = started[0]["instance"]  # the owner it writes to the ledger when it claims
-        wait_for(lambda: owners() == {other_owner}, 120, "the other instance to claim all 4 partitions")
+        wait_for(lambda: pipeline.alive(other) and owners() == {other_owner}, 120,
+                 "the other instance to claim all 4 partitions")
     finally:
         zombie.send_signal(signal.SIGCONT)
     assert other.wait(timeout=120) == 0, pipeline.log(other)[-3000:]

@@ -161,7 +161,8 @@ def test_insert_killed_after_some_parts_then_retried_stores_every_row_once(tmp_p
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL, f"the insert ended before the kill: {child.stderr.read()[-3000:]}"
+    assert child.returncode == -signal.SIGKILL, \
+        f"the insert ended before the kill: {child.stderr.read()[-3000:]}"  # type: ignore[union-attr]
 
     client = connect(url)
     partial = audit(client)

@@ -105,9 +105,11 @@ def test_memory_store_rebuilds_from_chunked_snapshots(pipeline: Pipeline) -> Non
     pipeline.gen(*GEN)
     # snapshot chunks are written on loop turns without a checkpoint; an idle turn lasts the
     # 0.2 s consume timeout, so a 1 s batch wait leaves room for them once the input is read
-    first = pipeline.start("app.processor", *SMALL, *memory, "--batch-max-wait", "1s", "--snapshot-interval", "0s")
-    wait_for(lambda: (pipeline.committed_offsets() == 60_000 and pipeline.ledger_value(
-                 "SELECT count(*) FROM window_snapshot WHERE pipeline_id = %s AND chunks >= 2") == 3),
+    first = pipeline.start("app.processor", *SMALL, *memory, "--batch-max-wait", "1s",
+                           "--snapshot-interval", "0s")
+    chunked = "SELECT count(*) FROM window_snapshot WHERE pipeline_id = %s AND chunks >= 2"
+    wait_for(lambda: (pipeline.alive(first) and pipeline.committed_offsets() == 60_000
+                      and pipeline.ledger_value(chunked) == 3),
              180, "a snapshot of every partition published in 2 or more chunks")
     first.terminate()
     assert first.wait(timeout=60) == 0, pipeline.log(first)[-3000:]

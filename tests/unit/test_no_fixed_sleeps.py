@@ -27,7 +27,8 @@ def _sources() -> list[tuple[Path, ast.Module]]:
 
 def _is_sleep(call: ast.Call) -> bool:
     f = call.func
-    return (isinstance(f, ast.Attribute) and f.attr == "sleep") or (isinstance(f, ast.Name) and f.id == "sleep")
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    return name == "sleep"  # time.sleep, asyncio.sleep, or a bare imported sleep
 
 
 def _enclosing_functions(tree: ast.Module) -> dict[ast.AST, str]:
