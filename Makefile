@@ -5,13 +5,14 @@ BROKERS ?= 1
 EVENTS ?= 1000000
 RATE ?= 0
 PYTEST_ARGS ?=
+N ?= 5
 BENCH_ARGS ?=
 export BROKERS
 
-.PHONY: help install up down status demo test test-fast bench clean
+.PHONY: help install up down status demo test test-fast test-repeat bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: .data/.python-deps  ## pip-install the pinned Python dependencies
 
@@ -40,6 +41,9 @@ test: up  ## the test suite against the real services
 
 test-fast: install  ## unit tests only (no services)
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-repeat: up  ## the integration tests N times (N=5); lists every test that failed at least once, with counts
+	$(PYTHON) tests/repeat.py --runs $(N) $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 bench: up  ## throughput / latency benchmark, ends with one JSON line (EVENTS default 5M here; BENCH_ARGS=--help)
 	$(PYTHON) experiments/bench.py --events $(if $(filter command line environment,$(origin EVENTS)),$(EVENTS),5000000) \

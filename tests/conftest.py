@@ -19,6 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.helpers import wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/pipeline")
@@ -65,6 +67,7 @@ class Pipeline:
     bootstrap: str
     database_url: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: dict[int, Path] = field(default_factory=dict)  # pid -> stderr file of a started process
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -92,14 +95,60 @@ class Pipeline:
         return res
 
     def start(self, module: str, *args: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
+        """A background process. Its stdout and stderr go to files (read them with `log`):
+        a pipe nobody reads fills up after 64 KiB of log lines and blocks the process."""
         extra = {"PIPELINE_CRASH_AT": crash_at} if crash_at else {}
         argv = [sys.executable, "-m", module, *args, *(["--fault-injection"] if crash_at else [])]
         if module in ("app.processor", "app.sink"):
             argv += ["--metrics-port", "0"]
-        proc = subprocess.Popen(argv, env=self.env(**extra), cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        logs = self.tmp / "logs"
+        logs.mkdir(exist_ok=True)
+        path = logs / f"{len(self.procs):02d}-{module}"
+        with open(path.with_suffix(".out"), "wb") as out, open(path.with_suffix(".err"), "wb") as err:
+            proc = subprocess.Popen(argv, env=self.env(**extra), cwd=REPO, stdout=out, stderr=err)
         self.procs.append(proc)
+        self.logs[proc.pid] = path.with_suffix(".err")
         return proc
+
+    def log(self, proc: subprocess.Popen[bytes]) -> str:
+        """Everything a process started with `start` has written to stderr so far."""
+        return self.logs[proc.pid].read_text(errors="replace")
+
+    def alive(self, *procs: subprocess.Popen[bytes]) -> bool:
+        """True while every one of `procs` (started with `start`) runs; else fail with the
+        log of the one that ended. For wait_for predicates: `p.alive(proc) and condition`."""
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"{' '.join(map(str, proc.args[2:4]))} exited {proc.returncode} while "
+                                     f"the test still needed it:\n{self.log(proc)[-3000:]}")
+        return True
+
+    def ledger_value(self, sql: str) -> int:
+        """One integer read from the ledger; `sql` takes the pipeline id as its only parameter."""
+        with self.ledger() as conn:
+            (value,) = conn.execute(sql, (self.pipeline_id,)).fetchone()  # type: ignore[misc]
+        return int(value or 0)
+
+    def committed_offsets(self) -> int:
+        """Records of the events topic committed to the ledger, over all partitions."""
+        return self.ledger_value("SELECT sum(next_offset) FROM partition_state WHERE pipeline_id = %s")
+
+    def checkpoints(self) -> int:
+        return self.ledger_value("SELECT count(*) FROM ledger_checkpoint WHERE pipeline_id = %s")
+
+    def pending_batches(self) -> int:
+        return self.ledger_value(
+            "SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND status = 'pending'")
+
+    def sink_until_acked(self, *args: str, timeout: float = 240) -> None:
+        """Deliver every committed batch with a live sink, then stop it (SIGTERM): for a
+        ledger no --until-end processor finished, where `sink` (--until-idle) would wait."""
+        sink = self.start("app.sink", *args)
+        wait_for(lambda: self.alive(sink) and self.pending_batches() == 0, timeout,
+                 "the sink to acknowledge every committed batch")
+        sink.terminate()
+        assert sink.wait(timeout=60) == 0, self.log(sink)[-3000:]
+        assert self.pending_batches() == 0
 
     def gen(self, *args: str) -> None:
         self.run("app.gen", *args)

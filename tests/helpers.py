@@ -1,10 +1,21 @@
-"""Test helpers that talk to the real services (no mocks): produce records, read tables."""
+"""Test helpers that talk to the real services (no mocks): produce records, read tables;
+and the suite's one way to wait (`wait_for`) and to check a crash (`assert_crashed_at`).
+
+The rule (enforced by tests/unit/test_no_fixed_sleeps.py): a test never sleeps a fixed time
+and then asserts. It waits for the state it needs, read from the ledger, Kafka, a log or
+a file, with a deadline and a message naming what it awaited; the only `time.sleep` in
+tests/ is the polling interval below.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from app.clickhouse.client import connect
 from app.core.kafka import ensure_topic, producer_config
@@ -53,3 +64,74 @@ def clickhouse_rows(url: str, table: str, *, final: bool) -> list[tuple]:  # typ
         return [tuple(r) for r in client.query(q).result_rows]
     finally:
         client.close()
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+    """Poll `predicate` until it returns something truthy and return that; after `timeout`
+    seconds fail with `what` (say what was awaited: it is the whole failure message).
+    A predicate may raise AssertionError itself, e.g. when a process it needs has died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def observe_for(seconds: float, interval: float) -> Iterator[float]:
+    """Yield the elapsed time every `interval` for `seconds`: for a test whose subject IS a
+    duration (e.g. the sink is stopped for 60 s) and that samples the system meanwhile.
+    Never use it to wait for a state: that is `wait_for`."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        yield elapsed
+        time.sleep(interval)
+
+
+def log_events(stderr: str, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines of one event, in order."""
+    out = []
+    for line in stderr.splitlines():
+        if f'"{event}"' in line and line.startswith("{"):
+            obj = json.loads(line)
+            if obj.get("event") == event:
+                out.append(obj)
+    return out
+
+
+def assert_crashed_at(returncode: int | None, stderr: str, point: str, nth: int | None = None) -> None:
+    """The process was SIGKILLed by crash point `point` (its `nth` hit, if given): the
+    `crash_point_reached` line app/core/faults.py writes just before the kill names it."""
+    reached = log_events(stderr, "crash_point_reached")
+    assert returncode == -signal.SIGKILL and reached, \
+        f"expected a crash at {point}, got exit {returncode}; stderr:\n{stderr[-3000:]}"
+    assert reached[-1]["crash_point"] == point, reached
+    if nth is not None:
+        assert reached[-1]["nth"] == nth, reached
+
+
+def topic_end(bootstrap: str, topic: str, *, not_ready_ok: bool = False) -> int:
+    """Records in the topic (sum of its partitions' high watermarks). With `not_ready_ok`,
+    0 while the topic does not exist or a partition has no reachable leader (a new topic, a
+    broker just killed): for use inside `wait_for`, which polls until the answer is real."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False,
+                  "log_level": 0 if not_ready_ok else 3})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            if not_ready_ok:
+                return 0
+            raise AssertionError(f"topic {topic} not found: {md.topics.get(topic)}")
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                   for p in md.topics[topic].partitions)
+    except KafkaException:
+        if not_ready_ok:
+            return 0
+        raise
+    finally:
+        c.close()

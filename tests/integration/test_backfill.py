@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -21,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from app.clickhouse.client import connect
 from tests.conftest import Pipeline
-from tests.helpers import clickhouse_rows
+from tests.helpers import assert_crashed_at, clickhouse_rows, wait_for
 
 EVENTS = 24_000
 # 24,000 events at 5 per second of event time: 80 minutes from 2025-11-20T00:00:00Z, so
@@ -47,23 +46,8 @@ def bf(pipeline: Pipeline) -> Iterator[Pipeline]:
         conn.execute("DELETE FROM backfill_run WHERE pipeline_id = %s", (pipeline.pipeline_id,))
 
 
-def wait_until(what: str, cond: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def ledger_value(p: Pipeline, sql: str) -> int:
-    with p.ledger() as conn:
-        (value,) = conn.execute(sql, (p.pipeline_id,)).fetchone()  # type: ignore[misc]
-    return int(value or 0)
-
-
 def drained(p: Pipeline, events: int) -> bool:
-    return (ledger_value(p, "SELECT sum(next_offset) FROM partition_state WHERE pipeline_id = %s") == events
-            and ledger_value(p, "SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND status = 'pending'") == 0)
+    return p.committed_offsets() == events and p.pending_batches() == 0
 
 
 def holds_path(proc: subprocess.Popen[bytes], p: Pipeline) -> bool:
@@ -149,21 +133,23 @@ def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(bf: Pipeli
     p.gen(*GEN)
     processor = p.start("app.processor", *LIVE)          # live: no --until-end
     sink = p.start("app.sink")
-    wait_until("the live pipeline to drain", lambda: drained(p, EVENTS))
+    wait_for(lambda: p.alive(processor, sink) and drained(p, EVENTS), 180, "the live pipeline to drain")
     stop(sink)                                           # the embedded path has one owner at a time
     before = final(p)
-    live_max = ledger_value(p, "SELECT max(checkpoint_id) FROM ledger_checkpoint WHERE pipeline_id = %s")
+    live_max = p.ledger_value("SELECT max(checkpoint_id) FROM ledger_checkpoint WHERE pipeline_id = %s")
     corrupt(p, version=lambda v: v + 1, extra=False)     # wrong values win over the live row
     assert max(r[5] for r in clickhouse_rows(p.clickhouse_url, "rollup_minute", final=False)) <= live_max + 1
     sink = p.start("app.sink")                           # the sink owns ClickHouse again...
     trickle = p.start("app.gen", *TRICKLE)               # ...once live events flow through it
-    wait_until("the sink to hold the embedded path", lambda: holds_path(sink, p))
+    wait_for(lambda: p.alive(sink) and holds_path(sink, p), 90, "the sink to hold the embedded path")
+    wait_for(lambda: p.alive(processor) and p.committed_offsets() > EVENTS, 90,
+             "the live processor to commit trickle events")
 
     dry = backfill(p, *HOUR, "--dry-run", "--json")
     assert "in use by another process" in dry.stdout and "DRY RUN" in dry.stdout
     plan = summary(dry)
     assert plan["clickhouse_read"] is False and plan["skipped_open"] == {} and plan["windows"] > 5_000
-    assert ledger_value(p, "SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND source = 'backfill'") == 0
+    assert p.ledger_value("SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND source = 'backfill'") == 0
 
     # windows still open live are never written: a range at the live edge is skipped
     edge = summary(backfill(p, "--from-time", "2025-11-20T05:00:00Z", "--to-time", "2025-11-20T07:00:00Z",
@@ -175,7 +161,8 @@ def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(bf: Pipeli
     assert landed["windows"] == plan["windows"] and landed["deleted_keys"] is None
     assert version > live_max + 1                        # above every live version and the corruption
     assert trickle.wait(timeout=60) == 0
-    wait_until("the sink to deliver everything", lambda: drained(p, EVENTS + TRICKLE_EVENTS))
+    wait_for(lambda: p.alive(processor, sink) and drained(p, EVENTS + TRICKLE_EVENTS), 180,
+             "the sink to deliver everything")
     assert processor.poll() is None                      # live processing ran throughout
     stop(sink)
 
@@ -217,18 +204,18 @@ def test_backfill_killed_midway_resumes_to_the_same_result(bf: Pipeline) -> None
 
     chunked = (*HOUR, "--batch-rows", "1000", "--json")
     killed = p.run("app.backfill", *chunked, crash_at="backfill.between_batches:3", check=False)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert_crashed_at(killed.returncode, killed.stderr, "backfill.between_batches", nth=3)
     batches = "SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND source = 'backfill'"
-    assert ledger_value(p, batches) == 3
+    assert p.ledger_value(batches) == 3
     killed = p.run("app.backfill", *chunked, crash_at="backfill.after_delete", check=False)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert ledger_value(p, batches) == 3
+    assert_crashed_at(killed.returncode, killed.stderr, "backfill.after_delete", nth=1)
+    assert p.ledger_value(batches) == 3
 
     done = summary(backfill(p, *chunked))
     assert done["resumed"] and done["run_no"] == 1 and done["batches_existing"] == 3
     assert done["version"] > far                         # the ledger's ids moved past the foreign version
     total = done["batches_new"] + done["batches_existing"]
-    assert ledger_value(p, batches) == total == 8        # 6,465 minute rows in 7 chunks + 1 hour batch
+    assert p.ledger_value(batches) == total == 8        # 6,465 minute rows in 7 chunks + 1 hour batch
     p.sink()
     assert_exact(p)
     assert_no_duplicate_versions(raw(p))
@@ -262,4 +249,4 @@ def test_backfill_refuses_other_rules_and_a_log_cut_by_retention(bf: Pipeline) -
         f.result(timeout=30)
     cut = backfill(p, *HOUR, rc=2)
     assert "retention" in cut.stderr and len(cut.stderr.strip().splitlines()) == 1
-    assert ledger_value(p, "SELECT count(*) FROM backfill_run WHERE pipeline_id = %s") == 0
+    assert p.ledger_value("SELECT count(*) FROM backfill_run WHERE pipeline_id = %s") == 0

@@ -9,13 +9,17 @@ import signal
 import pytest
 
 from tests.conftest import Pipeline
-from tests.helpers import clickhouse_rows
+from tests.helpers import assert_crashed_at, clickhouse_rows, log_events, wait_for
 
 GEN = ("--seed", "7", "--events", "60000", "--accounts", "3000", "--partitions", "3",
        "--late-fraction", "0.05", "--invalid-fraction", "0.01", "--event-time-rate", "200")
-# small checkpoints, so a crash lands mid-run with committed work before and after it
-SMALL = ("--batch-max-wait", "0.05s", "--poll-records", "2000", "--snapshot-interval", "0.3s",
-         "--session-timeout", "6s")
+EVENTS = 60_000
+# small checkpoints, so a crash lands mid-run with committed work before and after it: with
+# --batch-rows 1 every poll that changed a window is committed, so a checkpoint holds at most
+# --poll-records records however fast the machine is, and the topic takes >= 30 of them
+POLL = 2_000
+SMALL = ("--batch-max-wait", "0.05s", "--poll-records", str(POLL), "--batch-rows", "1",
+         "--snapshot-interval", "0.3s", "--session-timeout", "6s")
 
 
 def _assert_exact(p: Pipeline) -> None:
@@ -24,17 +28,25 @@ def _assert_exact(p: Pipeline) -> None:
     assert "EXACT" in res.stdout
 
 
-@pytest.mark.parametrize("crash_at", [
-    "checkpoint.before_dlq_flush:3",
-    "checkpoint.before_commit:4",
-    "checkpoint.inside_commit:3",
-    "checkpoint.after_commit:5",
+@pytest.mark.parametrize("crash_point, nth, committed_before", [
+    ("checkpoint.before_dlq_flush", 3, 2),
+    ("checkpoint.before_commit", 4, 3),
+    ("checkpoint.inside_commit", 3, 2),
+    ("checkpoint.after_commit", 5, 5),
 ])
-def test_processor_killed_at_each_checkpoint_step(pipeline: Pipeline, crash_at: str) -> None:
+def test_processor_killed_at_each_checkpoint_step(pipeline: Pipeline, crash_point: str, nth: int,
+                                                  committed_before: int) -> None:
     pipeline.gen(*GEN)
-    first = pipeline.processor(*SMALL, crash_at=crash_at, check=False)
-    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    pipeline.processor(*SMALL)
+    first = pipeline.processor(*SMALL, crash_at=f"{crash_point}:{nth}", check=False)
+    assert_crashed_at(first.returncode, first.stderr, crash_point, nth=nth)
+    # the ledger holds exactly the checkpoints before the crash (and the crashed one only if
+    # the kill came after its commit); most of the topic is still unread
+    assert pipeline.checkpoints() == committed_before
+    assert 0 < pipeline.committed_offsets() <= committed_before * POLL < EVENTS
+    second = pipeline.processor(*SMALL, "--log-level", "info")
+    restored = log_events(second.stderr, "partition_restored")
+    assert any(r["ledger_checkpoint"] is not None for r in restored), second.stderr[-3000:]
+    assert pipeline.committed_offsets() == EVENTS
     pipeline.sink()
     _assert_exact(pipeline)
 
@@ -47,7 +59,7 @@ def test_sink_killed_between_insert_and_acknowledgement(pipeline: Pipeline) -> N
                                   (pipeline.pipeline_id,)).fetchone()
     assert batches >= 6
     killed = pipeline.sink("--batch-rows", "1", crash_at="sink.after_insert:3", check=False)
-    assert killed.returncode == -signal.SIGKILL
+    assert_crashed_at(killed.returncode, killed.stderr, "sink.after_insert", nth=3)
     pipeline.sink()
     with pipeline.ledger() as conn:
         (replayed,) = conn.execute(
@@ -78,16 +90,30 @@ def test_replaying_an_inserted_batch_changes_nothing(pipeline: Pipeline) -> None
 
 
 def test_processor_killed_at_random_moments(pipeline: Pipeline) -> None:
-    """Several SIGKILLs at arbitrary instants (not at a named step), sink running alongside."""
-    import time
+    """Several SIGKILLs at arbitrary instants (not at a named step), sink running alongside.
+    Each kill waits until the ledger shows the instance working (a share of the topic
+    committed), so it lands mid-run with work left; each successor must restore what its
+    killed predecessor committed and carry on."""
     pipeline.gen(*GEN)
     sink = pipeline.start("app.sink", "--until-idle")
-    for delay in (0.8, 1.3, 0.5):
-        proc = pipeline.start("app.processor", "--until-end", *SMALL)
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    pipeline.processor(*SMALL)
+    killed_at: list[int] = []
+    for share in (0.1, 0.35, 0.6):
+        before = pipeline.committed_offsets()
+        proc = pipeline.start("app.processor", "--until-end", *SMALL, "--log-level", "info")
+        wait_for(lambda s=share: pipeline.alive(proc) and pipeline.committed_offsets() >= s * EVENTS, 180,
+                 f"the processor to commit {share:.0%} of the topic")
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, "the processor ended before the kill"
+        log = pipeline.log(proc)
+        if before:  # it restored what the instance before it had committed
+            restored = log_events(log, "partition_restored")
+            assert any(r["ledger_checkpoint"] is not None for r in restored), log[-3000:]
+        assert log_events(log, "checkpoint_committed"), log[-3000:]
+        killed_at.append(pipeline.committed_offsets())
+    # every kill came while much of the topic was still to do (several checkpoints of margin)
+    assert all(c < EVENTS - 4 * POLL for c in killed_at), killed_at
+    last = pipeline.processor(*SMALL, "--log-level", "info")
+    assert any(r["ledger_checkpoint"] is not None for r in log_events(last.stderr, "partition_restored"))
+    assert pipeline.committed_offsets() == EVENTS
     assert sink.wait(timeout=120) == 0
     _assert_exact(pipeline)

@@ -26,6 +26,7 @@ from app.core.config import REPO_ROOT
 from app.gen.invalid import INVALID_CLASS_NAMES
 from app.gen.model import GenSpec, chunk_columns, generate
 from app.gen.partition import partition_for_key
+from tests.helpers import topic_end, wait_for
 
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 Records = dict[int, list[tuple[bytes, bytes]]]
@@ -158,7 +159,9 @@ def test_sigterm_stops_flushes_and_exits_0(topics: list[str]) -> None:
     proc = subprocess.Popen(_gen_cmd(topic, "--seed", "5", "--accounts", "1000", "--events", "1000000",
                                      "--rate", "3000", "--event-time-rate", "1000"),
                             cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    # stopped while producing: once records are in Kafka, and long before the last one
+    wait_for(lambda: topic_end(BOOTSTRAP, topic, not_ready_ok=True) >= 3000, 60,
+             "the generator's first records in Kafka")
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr

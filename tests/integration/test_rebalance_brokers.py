@@ -3,7 +3,8 @@
 The module starts a second cluster (infra/kafka.sh with KAFKA_PORT_BASE / KAFKA_DATA_DIR,
 replication factor 3, min ISR 2) beside the shared single broker and stops it afterwards.
 During one run: two processor instances and the sink; one processor is SIGKILLed inside
-a checkpoint's transaction; a third instance joins; a broker is killed and restarted.
+a checkpoint's transaction; a third instance joins; a broker is killed and restarted,
+with records produced and committed while it is down and after it is back.
 verify must be exact at the end."""
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from tests.conftest import LEDGER_TABLES, REPO, Pipeline
+from tests.helpers import assert_crashed_at, log_events, topic_end, wait_for
 
 SMALL = ("--batch-max-wait", "0.1s", "--poll-records", "2000", "--snapshot-interval", "1s",
          "--session-timeout", "6s", "--log-level", "info")
@@ -72,18 +73,6 @@ def _kafka(cluster: dict[str, str], *args: str) -> None:
                    timeout=120)
 
 
-def _wait_for(pred: object, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _stderr(proc: subprocess.Popen[bytes]) -> str:
-    assert proc.stderr is not None
-    return proc.stderr.read().decode()
-
-
 def _assert_replicated(p: Pipeline, bootstrap: str) -> None:
     from confluent_kafka.admin import AdminClient, ConfigResource
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -94,33 +83,72 @@ def _assert_replicated(p: Pipeline, bootstrap: str) -> None:
     assert config["min.insync.replicas"].value == "2"
 
 
+RATE = 5_000  # events/s while the run lasts
+
+
 def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: dict[str, str],
                                                                   pipeline3: Pipeline) -> None:
+    """Input keeps arriving (an open-model generator) until the test stops it, so every
+    fault below lands mid-run whatever the machine's speed; each step waits for the state
+    it needs (a crash logged, a checkpoint by the new instance, records produced during
+    the outage committed), never for a fixed time."""
     p = pipeline3
-    p.gen("--seed", "11", "--events", "700000", "--accounts", "20000", "--partitions", "6",
-          "--late-fraction", "0.02", "--invalid-fraction", "0.01", "--event-time-rate", "1000")
-    _assert_replicated(p, cluster3["bootstrap"])
-    sink = p.start("app.sink", "--until-idle")
-    # A dies inside the 12th checkpoint's transaction: rows written, COMMIT never sent
-    a = p.start("app.processor", "--until-end", *SMALL, "--state-dir", str(p.tmp / "a"),
-                crash_at="checkpoint.inside_commit:12")
-    b = p.start("app.processor", "--until-end", *SMALL, "--state-dir", str(p.tmp / "b"))
-    _wait_for(lambda: a.poll() is not None, "processor A's crash", 120)
-    assert a.returncode == -signal.SIGKILL, _stderr(a)[-3000:]
-    assert b.poll() is None, "B finished before the third instance could join: more events"
-    c = p.start("app.processor", "--until-end", *SMALL, "--state-dir", str(p.tmp / "c"))
-    time.sleep(2.0)
-    _kafka(cluster3, "node-kill", "2")
-    time.sleep(4.0)
-    _kafka(cluster3, "node-start", "2")
-    assert b.poll() is None or c.poll() is None, "the run ended before the broker came back: more events"
+    bootstrap = cluster3["bootstrap"]
+    gen = p.start("app.gen", "--seed", "11", "--events", "100000000", "--rate", str(RATE),
+                  "--accounts", "20000", "--partitions", "6", "--late-fraction", "0.02", "--invalid-fraction", "0.01",
+                  "--event-time-rate", "1000", "--metrics-port", "0", "--log-level", "info")
+    running: list[subprocess.Popen[bytes]] = [gen]
 
-    assert b.wait(timeout=240) == 0, _stderr(b)[-4000:]
-    assert c.wait(timeout=240) == 0, _stderr(c)[-4000:]
-    assert sink.wait(timeout=240) == 0, _stderr(sink)[-4000:]
-    c_log = _stderr(c)
-    assert '"checkpoint_committed"' in c_log, "the third instance never processed anything:\n" + "\n".join(
-        line for line in c_log.splitlines() if "partitions_" in line)
+    def alive() -> bool:
+        return p.alive(*running)
+
+    def committed_at_least(n: int) -> bool:
+        return alive() and p.committed_offsets() >= n
+
+    def produced() -> int:  # records in the topic, once every partition answers
+        return wait_for(lambda: topic_end(bootstrap, p.topic, not_ready_ok=True), 120,
+                        "the end offsets of every partition of the topic")
+
+    wait_for(lambda: alive() and topic_end(bootstrap, p.topic, not_ready_ok=True), 120,
+             "the generator's first records")
+    _assert_replicated(p, bootstrap)
+    sink = p.start("app.sink")
+    # A dies inside its 12th checkpoint's transaction: rows written, COMMIT never sent
+    a = p.start("app.processor", *SMALL, "--state-dir", str(p.tmp / "a"),
+                crash_at="checkpoint.inside_commit:12")
+    b = p.start("app.processor", *SMALL, "--state-dir", str(p.tmp / "b"))
+    running += [sink, b]
+    wait_for(lambda: alive() and a.poll() is not None, 180, "processor A's crash")
+    assert_crashed_at(a.returncode, p.log(a), "checkpoint.inside_commit", nth=12)
+
+    c = p.start("app.processor", *SMALL, "--state-dir", str(p.tmp / "c"))
+    running.append(c)
+    wait_for(lambda: alive() and log_events(p.log(c), "checkpoint_committed"), 180,
+             "the third instance's first checkpoint")
+
+    _kafka(cluster3, "node-kill", "2")
+    before = produced()
+    wait_for(lambda: committed_at_least(before + RATE), 180,
+             "records produced while broker 2 is down to be committed")
+    _kafka(cluster3, "node-start", "2")
+    before = produced()
+    wait_for(lambda: committed_at_least(before + RATE), 180,
+             "records produced after broker 2 came back to be committed")
+
+    gen.send_signal(signal.SIGTERM)
+    running.remove(gen)
+    assert gen.wait(timeout=120) == 0, p.log(gen)[-3000:]
+    total = produced()
+    assert log_events(p.log(gen), "gen_done")[-1]["events"] == total
+    wait_for(lambda: committed_at_least(total) and p.committed_offsets() == total, 300,
+             "B and C to commit the whole topic")
+    for proc in (b, c):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, p.log(proc)[-4000:]
+    running[:] = [sink]
+    wait_for(lambda: alive() and p.pending_batches() == 0, 300, "the sink to acknowledge every batch")
+    sink.send_signal(signal.SIGTERM)
+    assert sink.wait(timeout=120) == 0, p.log(sink)[-4000:]
 
     with p.ledger() as conn:
         generations = dict(conn.execute(

@@ -7,7 +7,6 @@ hands its partitions to another instance, then lets it run again (SIGCONT)."""
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
 from app.ledger.rows import WindowRow, rows_to_table
 from tests.conftest import LEDGER_TABLES, Pipeline
+from tests.helpers import log_events, wait_for
 
 TABLES = (*LEDGER_TABLES, "window_snapshot_chunk")
 
@@ -99,35 +99,44 @@ SMALL = ("--batch-max-wait", "0.05s", "--poll-records", "1000", "--snapshot-inte
 
 
 def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipeline: Pipeline) -> None:
-    pipeline.gen("--seed", "5", "--events", "150000", "--accounts", "5000", "--partitions", "4",
+    events = 150_000
+    pipeline.gen("--seed", "5", "--events", str(events), "--accounts", "5000", "--partitions", "4",
                   "--late-fraction", "0.02", "--invalid-fraction", "0.01", "--event-time-rate", "500")
     sink = pipeline.start("app.sink", "--until-idle")
     zombie = pipeline.start("app.processor", "--until-end", *SMALL, "--state-dir", str(pipeline.tmp / "z"))
-    deadline = time.monotonic() + 60
-    with pipeline.ledger() as conn:  # freeze it right after its first checkpoint: work is left
-        while conn.execute("SELECT coalesce(sum(next_offset), 0) FROM partition_state WHERE pipeline_id = %s",
-                           (pipeline.pipeline_id,)).fetchone()[0] == 0:  # type: ignore[index]
-            assert zombie.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-    zombie.send_signal(signal.SIGSTOP)
+
+    def owners() -> set[str]:
+        with pipeline.ledger() as conn:
+            rows = conn.execute("SELECT owner FROM partition_state WHERE pipeline_id = %s",
+                                (pipeline.pipeline_id,)).fetchall()
+        return {r[0] for r in rows} if len(rows) == 4 else set()
+
+    wait_for(lambda: pipeline.alive(zombie) and pipeline.committed_offsets() > 0, 120,
+             "the first instance's first checkpoint")
+    zombie.send_signal(signal.SIGSTOP)  # frozen right after its first checkpoint: work is left
     try:
+        assert pipeline.committed_offsets() < events
+        assert len(owners()) == 1, "the first instance does not own every partition"
         # the group evicts the frozen member after its session timeout; the other takes all
         other = pipeline.start("app.processor", "--until-end", *SMALL, "--state-dir", str(pipeline.tmp / "o"))
-        time.sleep(10.0)
+        started = wait_for(lambda: log_events(pipeline.log(other), "processor_started"), 60,
+                           "the other instance's processor_started line")
+        other_owner = started[0]["instance"]  # the owner it writes to the ledger when it claims
+        wait_for(lambda: pipeline.alive(other) and owners() == {other_owner}, 120,
+                 "the other instance to claim all 4 partitions")
     finally:
         zombie.send_signal(signal.SIGCONT)
-    assert other.wait(timeout=120) == 0, other.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
-    assert zombie.wait(timeout=120) == 0, zombie.stderr.read().decode()[-3000:]  # type: ignore[union-attr]
-    assert sink.wait(timeout=120) == 0
-    zombie_log = zombie.stderr.read().decode()  # type: ignore[union-attr]
+    assert other.wait(timeout=120) == 0, pipeline.log(other)[-3000:]
+    assert zombie.wait(timeout=120) == 0, pipeline.log(zombie)[-3000:]
+    assert sink.wait(timeout=120) == 0, pipeline.log(sink)[-3000:]
+    zombie_log = pipeline.log(zombie)
     # the zombie either tried a checkpoint (fenced) or heard it lost the partitions first
     assert '"checkpoint_fenced"' in zombie_log or '"partitions_lost"' in zombie_log, zombie_log[-3000:]
     with pipeline.ledger() as conn:
-        owners = {r[0] for r in conn.execute("SELECT owner FROM partition_state WHERE pipeline_id = %s",
-                                             (pipeline.pipeline_id,))}
         generations = [r[0] for r in conn.execute(
             "SELECT owner_generation FROM partition_state WHERE pipeline_id = %s", (pipeline.pipeline_id,))]
         conn.execute("DELETE FROM window_snapshot_chunk WHERE pipeline_id = %s", (pipeline.pipeline_id,))
-    assert len(owners) >= 1 and max(generations) >= 2
+    assert len(owners()) >= 1 and max(generations) >= 2
+    assert pipeline.committed_offsets() == events
     res = pipeline.verify()
     assert res.returncode == 0, f"verify exit {res.returncode}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"

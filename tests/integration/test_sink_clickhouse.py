@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 from app.clickhouse.client import connect, insert_settings, migrate
 from app.clickhouse.schema import LATEST_VIEWS
 from app.sink.groups import split_blocks
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DAY = 86_400
@@ -156,13 +156,13 @@ def test_insert_killed_after_some_parts_then_retried_stores_every_row_once(tmp_p
     child = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "READY", child.stderr
-        deadline = time.monotonic() + 60
-        while committed_parts() < 10 and time.monotonic() < deadline and child.poll() is None:
-            time.sleep(0.001)
+        wait_for(lambda: committed_parts() >= 10 or child.poll() is not None, 120,
+                 "10 parts of the large insert on disk", interval=0.001)
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait(timeout=30)
-    assert child.returncode == -signal.SIGKILL
+    assert child.returncode == -signal.SIGKILL, \
+        f"the insert ended before the kill: {child.stderr.read()[-3000:]}"  # type: ignore[union-attr]
 
     client = connect(url)
     partial = audit(client)

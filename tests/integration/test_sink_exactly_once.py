@@ -12,7 +12,6 @@ active part still covers a single insert block, i.e. that no merge ran at all.""
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from app.sink.groups import GroupPolicy
 from app.sink.loop import Sink, SinkConfig
 from app.sink.writer import ClickHouseWriter
 from tests.conftest import Pipeline
+from tests.helpers import assert_crashed_at, wait_for
 
 TABLES = ("rollup_minute", "rollup_hour")
 FREEZE_MERGES = ("ALTER TABLE {} MODIFY SETTING max_bytes_to_merge_at_max_space_in_pool = 1, "
@@ -139,11 +139,10 @@ def test_sink_killed_during_a_large_multi_partition_insert(sink_pipeline: Pipeli
         return sum(1 for d in dirs["rollup_minute"].iterdir() if d.name[:1].isdigit())
 
     sink = p.start("app.sink", "--until-idle", *sink_args)
-    deadline = time.monotonic() + 60
-    while minute_parts() < 5 and sink.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_for(lambda: minute_parts() >= 5 or sink.poll() is not None, 120,
+             "5 parts of the large insert on disk", interval=0.001)
     sink.send_signal(signal.SIGKILL)
-    assert sink.wait(timeout=30) == -signal.SIGKILL
+    assert sink.wait(timeout=30) == -signal.SIGKILL, f"the sink ended before the kill:\n{p.log(sink)[-3000:]}"
 
     before = {g[1]: g for g in groups(p)}
     minute = before["rollup_minute"]
@@ -165,7 +164,7 @@ def test_async_inserts_with_a_crash_and_a_full_replay(sink_pipeline: Pipeline) -
     freeze_merges(p.clickhouse_url)
     args = ("--async-insert", "--batch-rows", "6000", "--insert-block-rows", "2000")
     killed = p.sink(*args, crash_at="sink.after_insert:2", check=False)
-    assert killed.returncode == -signal.SIGKILL
+    assert_crashed_at(killed.returncode, killed.stderr, "sink.after_insert", nth=2)
     p.sink(*args)
     assert_exactly_once(p)
     audited = raw_audit(p.clickhouse_url)

@@ -86,12 +86,12 @@ _WRITE_ROWS = textwrap.dedent("""
 """)
 
 _HOLD = textwrap.dedent("""
-    import sys, time
+    import sys
     from app.clickhouse.client import connect
     client = connect(sys.argv[1])
     client.command("SELECT 1")
     print("ready", flush=True)
-    time.sleep(120)
+    sys.stdin.read()  # holds the path until the test closes our stdin (or kills us)
 """)
 
 
@@ -241,7 +241,8 @@ def test_empty_clickhouse_reports_every_key_missing(topic: str, ledger: tuple[st
 def test_locked_clickhouse_path_exits_3(topic: str, ledger: tuple[str, object], tmp_path: Path) -> None:
     pipeline_id, _ = ledger
     ch_url = f"chdb://{tmp_path / 'held'}"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, ch_url], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, ch_url], cwd=REPO, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         done = run_verify(topic, pipeline_id, ch_url)
