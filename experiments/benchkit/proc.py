@@ -52,11 +52,13 @@ class Child:
         cwd: Path,
         log_path: Path,
         sample_every_s: float = 0.5,
+        die_with_parent: bool = False,
     ) -> Child:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "wb")  # noqa: SIM115 - closed by the child's lifetime
         popen = subprocess.Popen(
-            argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
         log.close()
         child = cls(name, argv, popen, log_path, time.time())
@@ -122,6 +124,13 @@ class Child:
     @property
     def wall_s(self) -> float:
         return (self.ended_at or time.time()) - self.started_at
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the process that started it dies, even by
+    SIGKILL (Linux PR_SET_PDEATHSIG), so a killed harness leaves no pipeline running."""
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def proc_sample(pid: int) -> Sample | None:

@@ -126,7 +126,7 @@ class Fleet:
             extra["PIPELINE_CRASH_AT"] = spec
         log = self.scope.run_dir / "logs" / f"processor{slot}.{n}.log"
         child = Child.start(f"processor{slot}.{n}", self.scope.argv("app.processor", *args),
-                            self.scope.env(**extra), self.scope.run_dir, log)
+                            self.scope.env(**extra), self.scope.run_dir, log, die_with_parent=True)
         self.processors[slot] = Incarnation(child, n, spec, {})
 
     def start_sink(self) -> None:
@@ -151,7 +151,7 @@ class Fleet:
                 extra["PIPELINE_CRASH_AT"] = spec
         log = self.scope.run_dir / "logs" / f"sink.{n}.log"
         child = Child.start(f"sink.{n}", self.scope.argv("app.sink", *args), self.scope.env(**extra),
-                            self.scope.run_dir, log)
+                            self.scope.run_dir, log, die_with_parent=True)
         self.sink = Incarnation(child, n, spec, settings)
 
     # ---- supervising ------------------------------------------------------------

@@ -151,9 +151,9 @@ class ChaosRun:
                     if e.returncode == -9:
                         self._say(f"t={e.t_s:7.1f}s {e.role}{e.slot if e.role == 'processor' else ''} killed "
                                   f"({e.cause}: {e.hit})")
+                self._end_due(fleet, now)  # first: a kill deferred past a pause must see it ended
                 while pending and pending[0].at_s <= now:
                     self._begin(pending.pop(0), fleet, scope, now, pending)
-                self._end_due(fleet, now)
                 if gen.poll() and not gen_s:
                     gen_s = now
                     if gen.returncode != 0:
@@ -229,7 +229,8 @@ class ChaosRun:
                           "--partitions", str(cfg.partitions), "--late-fraction", str(cfg.late_fraction),
                           "--invalid-fraction", str(cfg.invalid_fraction), "--start-time", cfg.start_time,
                           "--metrics-port", "0")
-        return Child.start("gen", argv, scope.env(), scope.run_dir, scope.run_dir / "logs" / "gen.log")
+        return Child.start("gen", argv, scope.env(), scope.run_dir, scope.run_dir / "logs" / "gen.log",
+                           die_with_parent=True)
 
     # ---- faults ----------------------------------------------------------------------
 
@@ -244,7 +245,8 @@ class ChaosRun:
         target = "sink" if f.kind == "sink_kill" else f"processor{f.target}"
         until = self._paused_until(target) if f.kind in ("processor_kill", "sink_kill") else None
         if until is not None:
-            pending.append(replace(f, at_s=until + 0.5, note=f"deferred from {f.at_s:.1f} s (target stopped)"))
+            pending.append(replace(f, at_s=max(until, now) + 0.5,
+                                   note=f"deferred from {f.at_s:.1f} s (target stopped)"))
             pending.sort(key=lambda x: x.at_s)
             return
         if f.kind == "processor_kill":

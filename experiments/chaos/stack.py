@@ -51,6 +51,12 @@ class KafkaCluster:
         return res.stdout
 
     def up(self) -> None:
+        """A fresh cluster: one left running by an earlier, killed run is stopped and its data
+        removed first (the run owns this data dir)."""
+        if (self.data_dir / "brokers").exists():
+            subprocess.run([str(KAFKA_SH), "down"], env={**self.env, "KAFKA_PORT_BASE": "0"},
+                           capture_output=True, timeout=120, check=False)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
         if not self.port_base:
             found = next((b for b in range(29092, 29992, 100)
                           if all(_port_free(b + i) for i in range(2 * self.brokers))), None)
@@ -85,7 +91,8 @@ class KafkaCluster:
         config = {"max.message.bytes": str(TOPIC_MAX_MESSAGE_BYTES)}
         if rf == 3:
             config["min.insync.replicas"] = "2"
-        futures = self.admin().create_topics([NewTopic(name, partitions, rf, config=config)])
+        admin = self.admin()  # kept alive until the future resolves
+        futures = admin.create_topics([NewTopic(name, partitions, rf, config=config)])
         futures[name].result(timeout=60)
 
 
