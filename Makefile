@@ -7,9 +7,10 @@ RATE ?= 0
 PYTEST_ARGS ?=
 N ?= 5
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 export BROKERS
 
-.PHONY: help install up down status demo test test-fast test-repeat bench clean
+.PHONY: help install up down status demo test test-fast test-repeat bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +49,9 @@ test-repeat: up  ## the integration tests N times (N=5); lists every test that f
 bench: up  ## throughput / latency benchmark, ends with one JSON line (EVENTS default 5M here; BENCH_ARGS=--help)
 	$(PYTHON) experiments/bench.py --events $(if $(filter command line environment,$(origin EVENTS)),$(EVENTS),5000000) \
 		--rate $(RATE) $(BENCH_ARGS)
+
+chaos: up  ## one run with every fault at once, then verify; report in docs/chaos/ (CHAOS_ARGS=--help)
+	$(PYTHON) -m experiments.chaos $(CHAOS_ARGS)
 
 clean:  ## remove local data (Kafka logs, embedded ClickHouse, LevelDB state)
 	rm -rf .data
