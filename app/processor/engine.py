@@ -171,8 +171,10 @@ class Processor:
                 self.dlq.poll()
                 if self._checkpoint_due():
                     self.checkpoint()
-                else:
-                    self._snapshot_step()
+                # every turn, checkpoint or not: when every turn checkpoints (a short
+                # --batch-max-wait, or --batch-rows reached under load) a snapshot must still
+                # be published, else payloads are never prunable and restores read every batch
+                self._snapshot_step()
                 if self.cfg.until_end and self._reached_end():
                     log.info("until_end_reached")
                     break
