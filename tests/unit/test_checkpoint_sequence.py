@@ -164,5 +164,6 @@ def test_fenced_partitions_are_aborted_released_and_the_others_committed_again_a
     first = calls.index(("abort", 0))
     assert calls[first:first + 3] == [("abort", 0), ("abort", 1), ("release", 1, "fenced")]
     assert [c[1] for c in calls if c[0] == "ledger_commit"] == [{0: (10, 25), 1: (4, 9)}, {0: (10, 25)}]
+    assert [c.offset_ranges for c in ledger.committed] == [{0: (10, 25)}]
     assert list(owned) == [0] and owned[0].committed_offset == 25
     assert not any(c[0] == "store_commit" and c[1] == 1 for c in calls)
