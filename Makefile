@@ -35,7 +35,7 @@ status:  ## show the local stack
 	@infra/postgres.sh status
 
 demo: up  ## the main job end to end on embedded ClickHouse, ending with verify's verdict
-	@EVENTS=$(EVENTS) $(PYTHON) experiments/demo.py --events $(EVENTS)
+	@EVENTS=$(EVENTS) $(PYTHON) -m experiments.demo --events $(EVENTS)
 
 test: up  ## the test suite against the real services
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
@@ -47,7 +47,7 @@ test-repeat: up  ## the integration tests N times (N=5); lists every test that f
 	$(PYTHON) tests/repeat.py --runs $(N) $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 bench: up  ## throughput / latency benchmark, ends with one JSON line (EVENTS default 5M here; BENCH_ARGS=--help)
-	$(PYTHON) experiments/bench.py --events $(if $(filter command line environment,$(origin EVENTS)),$(EVENTS),5000000) \
+	$(PYTHON) -m experiments.bench --events $(if $(filter command line environment,$(origin EVENTS)),$(EVENTS),5000000) \
 		--rate $(RATE) $(BENCH_ARGS)
 
 chaos: up  ## one run with every fault at once, then verify; report in docs/chaos/ (CHAOS_ARGS=--help)

@@ -40,20 +40,26 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchkit import quix
-from benchkit.report import render_table, write_plots
-from benchkit.runs import Context, gen_result, generate, log, run_catchup, run_open_trial, run_verify
-from benchkit.scope import EndOffsets, delete_topics, list_topics
 
 from app.core.config import ArgumentParser, env, non_negative_float_arg, positive_int_arg
 from app.core.logging import configure_logging
+from experiments.benchkit import quix
+from experiments.benchkit.report import render_table, write_plots
+from experiments.benchkit.runs import (
+    Context,
+    gen_result,
+    generate,
+    log,
+    run_catchup,
+    run_open_trial,
+    run_verify,
+)
+from experiments.benchkit.scope import EndOffsets, delete_topics, list_topics
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python experiments/bench.py",
+        prog="python -m experiments.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -19,10 +19,9 @@ import psycopg
 from confluent_kafka.admin import AdminClient
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from app.core.config import env, psycopg_conninfo  # noqa: E402
-from app.ledger.scope import forget_pipeline  # noqa: E402
+from app.core.config import env, psycopg_conninfo
+from app.ledger.scope import forget_pipeline
 
 
 def main() -> int:

@@ -1,9 +1,9 @@
 """Summarise a py-spy profile of the processor or the sink by pipeline stage.
 
-Input: py-spy's raw (collapsed) output, e.g. from `make bench ARGS=--profile` or by hand:
+Input: py-spy's raw (collapsed) output, e.g. from `make bench BENCH_ARGS=--profile` or by hand:
 
     py-spy record --format raw -r 100 -o processor.txt --pid <processor pid>
-    python experiments/profile_processor.py processor.txt --kind processor
+    python -m experiments.profile_processor processor.txt --kind processor
 
 Each sample (the main Python thread on CPU) is charged to one stage by walking its stack
 from the leaf up to the first frame that names a stage: our modules by file and function,
@@ -15,6 +15,7 @@ the Kafka fetch. Prints a table (and --json a JSON object) of stage -> share of 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import linecache
 import re
@@ -25,33 +26,37 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 IDLE = "idle (sleep; left out of the shares)"
 # helpers that run a caller's work: charge what they do to the caller further up
-TRANSPARENT = {"_run": ("app/ledger/ledger.py",), "retry_call": ("app/core/retry.py",)}
+TRANSPARENT = {"transaction": ("app/ledger/ledger.py",), "retry_call": ("app/core/retry.py",),
+               "_call": ("app/sink/loop.py",), "attempt": ("app/sink/loop.py",)}
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
 # (file suffix, function or None = any) -> stage; first match from the leaf up wins.
+# Every app/ file and function named here must exist (check_rules): a renamed function
+# would otherwise silently move its samples to "other".
 PROCESSOR_RULES: list[tuple[str, str | None, str]] = [
     ("prometheus_client/", None, "metrics"),
     ("structlog/", None, "logging"),
     ("app/processor/decode.py", None, "decode (msgspec + range checks)"),
     ("app/processor/dlq.py", None, "DLQ produce"),
-    ("app/processor/engine.py", "_dead_letter", "DLQ produce"),
-    ("app/ledger/rows.py", None, "emit: window rows -> Arrow (+ IPC encode)"),
-    ("app/processor/engine.py", "_tables_by_kind", "emit: window rows -> Arrow (+ IPC encode)"),
-    ("app/processor/", "take_dirty", "emit: take_dirty (WindowRow objects)"),
-    ("app/processor/", "fold", "state: fold deltas into the store"),
-    ("app/processor/", "drop_final", "state: drop final windows"),
-    ("app/processor/", "snapshot", "state: snapshot"),
-    ("app/processor/", "load", "restore (start-up)"),
-    ("app/ledger/ledger.py", "commit", "ledger commit (Postgres)"),
-    ("app/ledger/ledger.py", "pending_rows", "backpressure check (Postgres)"),
-    ("app/ledger/ledger.py", "restore_windows", "restore (start-up)"),
-    ("app/ledger/ledger.py", "claim_partition", "restore (start-up)"),
-    ("app/ledger/ledger.py", None, "ledger: other"),
+    ("app/processor/windows.py", "fold_run", "classify + fold loop (Python per record)"),
     ("app/processor/engine.py", "_process", "classify + fold loop (Python per record)"),
-    ("app/processor/engine.py", "checkpoint", "checkpoint bookkeeping"),
-    ("app/processor/engine.py", "_backpressure", "backpressure check (Postgres)"),
-    ("app/processor/engine.py", "_on_assign", "restore (start-up)"),
-    ("app/processor/engine.py", "_restore", "restore (start-up)"),
+    ("app/ledger/rows.py", None, "emit: window rows -> Arrow (+ IPC encode)"),
+    ("app/processor/batch.py", None, "emit: window rows -> Arrow (+ IPC encode)"),
+    ("app/processor/", "take_dirty_table", "emit: take the dirty windows"),
+    ("app/processor/", "fold", "state: fold deltas into the store"),
+    ("app/processor/", "prepare", "state: write the checkpoint locally"),
+    ("app/processor/", "drop_final", "state: drop final windows"),
+    ("app/processor/", "snapshot_chunks", "state: snapshot"),
+    ("app/processor/snapshots.py", None, "state: snapshot"),
+    ("app/processor/", "load_table", "restore (start-up)"),
+    ("app/ledger/ledger.py", "commit", "ledger commit (Postgres)"),
+    ("app/ledger/backlog.py", None, "backpressure check (Postgres)"),
+    ("app/ledger/restore.py", None, "restore (start-up)"),
+    ("app/ledger/ledger.py", "claim_partition", "restore (start-up)"),
+    ("app/ledger/", None, "ledger: other"),
+    ("app/processor/checkpoint.py", None, "checkpoint bookkeeping"),
+    ("app/processor/backpressure.py", None, "backpressure check (Postgres)"),
+    ("app/processor/ownership.py", None, "restore (start-up)"),
     ("app/processor/", "close", "shut-down (clear state)"),
     ("app/processor/", None, "state: other"),
 ]
@@ -59,19 +64,54 @@ PROCESSOR_RULES: list[tuple[str, str | None, str]] = [
 SINK_RULES: list[tuple[str, str | None, str]] = [
     ("prometheus_client/", None, "metrics"),
     ("structlog/", None, "logging"),
-    ("app/ledger/ledger.py", "load_payload", "load payload (Postgres + Arrow IPC decode)"),
+    ("app/ledger/sink_groups.py", "load_members", "load payload (Postgres + Arrow IPC decode)"),
     ("app/ledger/rows.py", None, "load payload (Postgres + Arrow IPC decode)"),
-    ("app/ledger/ledger.py", "record_attempt", "ledger writes (attempt + acknowledge)"),
-    ("app/ledger/ledger.py", "acknowledge", "ledger writes (attempt + acknowledge)"),
-    ("app/ledger/ledger.py", "pending_batches", "poll pending batches + run state (Postgres)"),
-    ("app/ledger/ledger.py", "sink_run_state", "poll pending batches + run state (Postgres)"),
-    ("app/ledger/ledger.py", None, "ledger: other"),
-    ("app/sink/writer.py", "insert_table", "build insert columns (Arrow)"),
+    ("app/ledger/sink_groups.py", "record_group", "ledger writes (record group, attempt, acknowledge)"),
+    ("app/ledger/sink_groups.py", "record_group_attempt", "ledger writes (record group, attempt, acknowledge)"),
+    ("app/ledger/sink_groups.py", "acknowledge_group", "ledger writes (record group, attempt, acknowledge)"),
+    ("app/ledger/sink_groups.py", "open_groups", "poll pending work + run state (Postgres)"),
+    ("app/ledger/sink_groups.py", "ungrouped_batches", "poll pending work + run state (Postgres)"),
+    ("app/ledger/until_end.py", "sink_run_state", "poll pending work + run state (Postgres)"),
+    ("app/ledger/backlog.py", None, "poll pending work + run state (Postgres)"),
+    ("app/ledger/retention.py", None, "prune payloads (Postgres)"),
+    ("app/ledger/", None, "ledger: other"),
+    ("app/sink/groups.py", None, "build insert blocks (Arrow)"),
     ("app/sink/writer.py", "client", "start-up (connect + migrate)"),
     ("app/sink/writer.py", "insert", "ClickHouse insert (clickhouse-connect + chDB)"),
     ("app/clickhouse/", None, "start-up (connect + migrate)"),
     ("app/sink/", None, "sink loop: other"),
 ]
+
+
+def _defined_functions(path: Path) -> set[str]:
+    return {n.name for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def stale_rules() -> list[str]:
+    """Every app/ file, and function in it, that a rule or TRANSPARENT names but the code no
+    longer has."""
+    named = [(suffix, fn) for rules in (PROCESSOR_RULES, SINK_RULES) for suffix, fn, _ in rules]
+    named += [(f, fn) for fn, files in TRANSPARENT.items() for f in files]
+    out = []
+    for suffix, fn in named:
+        if not suffix.startswith("app/"):
+            continue  # a library: not ours to check
+        target = REPO / suffix
+        files = sorted(target.rglob("*.py")) if suffix.endswith("/") else [target]
+        if not all(f.is_file() for f in files) or not files:
+            out.append(f"{suffix} (no such file)")
+        elif fn is not None and not any(fn in _defined_functions(f) for f in files):
+            out.append(f"{suffix} {fn}() (no such function)")
+    return out
+
+
+def check_rules() -> None:
+    stale = stale_rules()
+    if stale:
+        raise SystemExit("profile_processor: its stage rules name code that no longer exists, so their "
+                         "samples would land in 'other': " + "; ".join(stale) + " (update PROCESSOR_RULES / "
+                         "SINK_RULES / TRANSPARENT in experiments/profile_processor.py)")
 
 
 def function_name(qualified: str) -> str:
@@ -102,6 +142,7 @@ def classify(frames: list[str], rules: list[tuple[str, str | None, str]], kind: 
 
 
 def summarise(path: Path, kind: str) -> dict[str, float]:
+    check_rules()
     rules = PROCESSOR_RULES if kind == "processor" else SINK_RULES
     counts: Counter[str] = Counter()
     total = 0

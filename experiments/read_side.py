@@ -7,8 +7,8 @@ Rows are written the way the sink writes them (sorted groups, fixed blocks, a to
 insert, `app.sink.writer.ClickHouseWriter`), with versions rising insert after insert
 like a live pipeline's checkpoints. Results: JSON under experiments/results/.
 
-    python experiments/read_side.py                     # 10M rows, ~3-5 minutes
-    python experiments/read_side.py --rows 1000000      # quick look
+    python -m experiments.read_side                     # 10M rows, ~3-5 minutes
+    python -m experiments.read_side --rows 1000000      # quick look
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from app.sink.groups import split_blocks
 from app.sink.writer import ClickHouseWriter

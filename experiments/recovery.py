@@ -21,10 +21,10 @@ For the handover also `gap_s`: from the first instance revoking the partitions (
 committing them) to the second instance's first committed checkpoint (claim + rebuild +
 first batch): how long the moved partitions made no progress.
 
-    python experiments/recovery.py                            # 1M and 10M, ~20 min
-    python experiments/recovery.py --keys 1000000 --rate 5000
-    python experiments/recovery.py --keys 10000000 --reuse-scope state-rss   # skip the build:
-        # use the scope experiments/state_rss.py left (its topic, ledger and state dir)
+    python -m experiments.recovery                            # 1M and 10M, ~20 min
+    python -m experiments.recovery --keys 1000000 --rate 5000
+    python -m experiments.recovery --keys 10000000 --reuse-scope state-rss   # skip the build:
+        # use the scope experiments.state_rss left (its topic, ledger and state dir)
 
 Writes one JSON line per K to experiments/results/ and prints a table.
 """
@@ -44,15 +44,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "experiments"))
 
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
-from state_rss import COUNTRIES, HOUR_START_MS, RESULTS, produce_distinct, reset_scope, scope_env
 
 from app.core.config import psycopg_conninfo
 from app.core.kafka import producer_config
+from experiments.state_rss import COUNTRIES, HOUR_START_MS, RESULTS, produce_distinct, reset_scope, scope_env
 
 PROCESSOR_FLAGS = ("--metrics-port", "0", "--log-level", "info", "--session-timeout", "6s",
                    "--max-pending-rows", str(10**12), "--max-pending-bytes", "0",

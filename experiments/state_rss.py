@@ -8,8 +8,8 @@ samples its RSS from /proc every 0.2 s, and finally counts the keys in the Level
 it left. Prints the peak RSS and the key count, and writes a JSON line (and the RSS
 series) under experiments/results/.
 
-    python experiments/state_rss.py --keys 10000000            # the issue-3 acceptance run
-    python experiments/state_rss.py --keys 1000000 --state-store memory   # for comparison
+    python -m experiments.state_rss --keys 10000000            # the issue-3 acceptance run
+    python -m experiments.state_rss --keys 1000000 --state-store memory   # for comparison
 
 It runs in its own scope (pipeline `state-rss`, topics `state-rss.events`/`.dlq`), which
 it resets first. No sink runs: the processor's backpressure bound is lifted for the run.
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import psycopg
 from confluent_kafka import Producer

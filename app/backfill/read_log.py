@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from app.core.errors import FatalError, RetryableError
-from app.core.kafka import consumer_config, watermark_offsets
+from app.core.kafka import TopicNotFound, consumer_config, watermark_offsets
+from app.core.kafka import topic_partitions as kafka_partitions
 from app.core.retry import retry_call
 
 log = structlog.get_logger("backfill.read_log")
@@ -33,18 +34,10 @@ def open_consumer(bootstrap: str, pipeline_id: str) -> Consumer:
 
 
 def topic_partitions(consumer: Consumer, topic: str, *, deadline_s: float) -> list[int]:
-    def probe() -> list[int]:
-        try:
-            md = consumer.list_topics(topic, timeout=10)
-        except KafkaException as e:
-            raise RetryableError(f"Kafka metadata unavailable: {e}") from e
-        t = md.topics.get(topic)
-        if t is None or (t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-            raise FatalError(f"topic {topic!r} does not exist: nothing to recompute from")
-        if t.error is not None:
-            raise RetryableError(f"topic {topic!r} metadata error: {t.error}")
-        return sorted(t.partitions)
-    return retry_call(probe, what="kafka_metadata", deadline_s=deadline_s)
+    try:
+        return retry_call(lambda: kafka_partitions(consumer, topic), what="kafka_metadata", deadline_s=deadline_s)
+    except TopicNotFound as e:
+        raise FatalError(f"topic {topic!r} does not exist: nothing to recompute from") from e
 
 
 def check_retention(consumer: Consumer, topic: str, replay_to: Mapping[int, int], *, deadline_s: float) -> None:

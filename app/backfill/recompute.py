@@ -1,30 +1,45 @@
 """Replay one partition's log with the live processor's rules and keep the selected windows.
 Pure: records in, windows out.
 
-Validity is `app.processor.decode.decode_record` (value, size and key rules) and lateness is
-`app.processor.windows.LatenessPolicy`, the very functions the live processor uses, and the
-replay starts at offset 0 because the watermark depends on the whole prefix: every record
-is classified exactly as the live run classified it. The replay also counts what the
-ledger counts (late per kind, invalid) and ends on the same watermark, so the caller can
-prove the classification matched before landing anything.
+Classification and folding are `app.processor.windows.fold_run`, the very function the live
+processor calls (validity by `decode_record`: value, size and key rules; lateness by
+`LatenessPolicy`), and the replay starts at offset 0 because the watermark depends on the
+whole prefix: every record is classified exactly as the live run classified it. The replay
+also counts what the ledger counts (late per kind, invalid) and ends on the same watermark,
+so the caller can prove the classification matched before landing anything.
+
+The window selection (the request's settled slots; in offset mode, the windows the offset
+range touched) is applied to each fed piece's folded windows, not per record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
-from app.backfill.request import Selection
-from app.ledger.backfill import DlqKey
+from app.backfill.request import BackfillRequest, Selection, iso
+from app.core.errors import FatalError
+from app.ledger.backfill_runs import DlqKey, Pin
 from app.ledger.rows import WindowRow
-from app.processor.decode import InvalidEvent, decode_record
-from app.processor.windows import KINDS, LatenessPolicy, WindowKind
+from app.processor.windows import (
+    KINDS,
+    FoldRules,
+    LatenessPolicy,
+    Position,
+    Record,
+    WindowKey,
+    WindowKind,
+    fold_run,
+)
 
 Slot = tuple[int, int]                 # (kind, window_start_ms)
 KeyOfSlot = tuple[int, str]            # (account_id, country)
 
-# In offset mode, how often windows that can no longer be touched are forgotten.
+# In offset mode, how often (in records) windows that can no longer be touched are forgotten.
 _PRUNE_EVERY = 20_000
+_offset = itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -41,74 +56,83 @@ class PartitionReplay:
     late: dict[WindowKind, int] = field(default_factory=lambda: {k: 0 for k in KINDS})
     windows: dict[Slot, dict[KeyOfSlot, list[int]]] = field(default_factory=dict)
     # offset mode: the windows records in the offset range were folded into
-    touched: set[tuple[int, int, int, str]] | None = None
+    touched: set[WindowKey] | None = None
     _since_prune: int = 0
+    _rules: FoldRules | None = None
+    _bounds_by_kind: dict[int, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.selection.offset_window is not None:
             self.touched = set()
+        self._rules = FoldRules(self.policy, self.selection.request.max_record_bytes)
+        self._bounds_by_kind = {k: self._bounds(k) for k in KINDS}
 
     @property
     def policy(self) -> LatenessPolicy:
         return self.selection.request.policy
 
-    def feed(self, records: Iterable[tuple[int, bytes | None, bytes | None]]) -> None:
+    def feed(self, records: Sequence[Record]) -> None:
         """(offset, key, value) of this partition's records, ascending, continuing where the last
         call ended."""
-        policy, windows, touched = self.policy, self.windows, self.touched
+        fresh = records[bisect_left(records, self.next_offset, key=_offset):]  # a re-delivery counts once
+        if not fresh:
+            return
+        self.records += len(fresh)
         offsets = self.selection.offset_window
-        # The hot loop spells out LatenessPolicy.is_too_late and Selection.slot_selected with
-        # per-kind constants, as the live engine does (tests/unit/test_backfill_rules.py checks the
-        # result against the independent truth of app/verify).
-        kinds = [(k, k.size_ms, policy.allowed_lateness_ms(k), *self._bounds(k)) for k in KINDS]
-        ooo = policy.max_out_of_orderness_ms
-        late = self.late
-        next_offset, mx, wm = self.next_offset, self.max_event_time_ms, self.watermark_ms
-        max_bytes = self.selection.request.max_record_bytes
-        for offset, key, value in records:
-            if offset < next_offset:
-                continue  # a re-delivery must not count twice
-            next_offset = offset + 1
-            self.records += 1
-            try:
-                ev = decode_record(key, value, max_bytes)
-            except InvalidEvent:
-                self.invalid += 1
+        if offsets is None:
+            self._fold(fresh, "all")
+            return
+        # offset mode: records before the range may fold into windows it touches later, and
+        # past the range only windows it touched still matter
+        a, b = offsets
+        i, j = bisect_left(fresh, a, key=_offset), bisect_left(fresh, b, key=_offset)
+        self._fold(fresh[:i], "all")
+        self._fold(fresh[i:j], "touching")
+        self._fold(fresh[j:], "touched")
+        self._since_prune += len(fresh)
+        if self._since_prune >= _PRUNE_EVERY:
+            self._prune()
+
+    # ---- fold_run's Rejects: counted as the ledger counts them --------------------------
+
+    def on_invalid(self, offset: int, key: bytes | None, value: bytes | None, error: str) -> None:
+        self.invalid += 1
+
+    def on_late(self, offset: int, key: bytes | None, value: bytes | None, kind: WindowKind, error: str) -> None:
+        self.late[kind] += 1
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _fold(self, records: Sequence[Record], keep: str) -> None:
+        """Fold `records`; keep the windows of selected slots: 'all', 'touching' (and mark
+        them touched) or 'touched' (only windows already touched)."""
+        if not records:
+            return
+        assert self._rules is not None
+        deltas: dict[WindowKey, list[int]] = {}
+        at = Position(self.next_offset, self.max_event_time_ms, self.watermark_ms)
+        self.next_offset, self.max_event_time_ms, self.watermark_ms = fold_run(records, at, self._rules, deltas,
+                                                                               self)
+        windows, bounds, touched = self.windows, self._bounds_by_kind, self.touched
+        for wkey, (count, amount) in deltas.items():
+            kind, start, account, country = wkey
+            lo, hi = bounds[kind]
+            if not lo <= start < hi:
                 continue
-            et = ev.event_time
-            # wm is W before this record, as contract §3 says
-            in_offsets = offsets is not None and offsets[0] <= offset < offsets[1]
-            for kind, size, allowed, lo, hi in kinds:
-                start = et - et % size
-                if wm is not None and start + size + allowed <= wm:
-                    late[kind] += 1
-                    continue
-                if not lo <= start < hi:
-                    continue
-                wkey = (ev.account_id, ev.country)
-                if touched is not None:
-                    if in_offsets:
-                        touched.add((kind, start, *wkey))
-                    elif offsets is not None and offset >= offsets[1] and (kind, start, *wkey) not in touched:
-                        continue  # past the range: only windows it touched still matter
-                slot = windows.get((kind, start))
-                if slot is None:
-                    slot = windows[(kind, start)] = {}
-                v = slot.get(wkey)
-                if v is None:
-                    slot[wkey] = [1, ev.amount]
-                else:
-                    v[0] += 1
-                    v[1] += ev.amount
-            if mx is None or et > mx:
-                mx = et
-                wm = et - ooo
             if touched is not None:
-                self._since_prune += 1
-                if self._since_prune >= _PRUNE_EVERY:
-                    self.max_event_time_ms, self.watermark_ms = mx, wm
-                    self._prune()
-        self.next_offset, self.max_event_time_ms, self.watermark_ms = next_offset, mx, wm
+                if keep == "touching":
+                    touched.add(wkey)
+                elif keep == "touched" and wkey not in touched:
+                    continue
+            slot = windows.get((kind, start))
+            if slot is None:
+                slot = windows[(kind, start)] = {}
+            v = slot.get((account, country))
+            if v is None:
+                slot[(account, country)] = [count, amount]
+            else:
+                v[0] += count
+                v[1] += amount
 
     def _bounds(self, kind: WindowKind) -> tuple[float, float]:
         """[lo, hi) of the window starts Selection.slot_selected accepts for `kind`."""
@@ -152,3 +176,49 @@ class PartitionReplay:
                     continue
                 out.append(WindowRow(kind, p, start // 1000, account, country, count, amount))
         return out
+
+
+def check_out_of_orderness(pin: Pin, request: BackfillRequest) -> None:
+    """The ledger stores both max event time and watermark: their gap is the live run's
+    max_out_of_orderness. A different value would classify records differently."""
+    ooo = request.policy.max_out_of_orderness_ms
+    for p in pin.partitions:
+        if p.max_event_time_ms is None or p.watermark_ms is None:
+            continue
+        live = p.max_event_time_ms - p.watermark_ms
+        if live != ooo:
+            raise FatalError(f"the live processor runs with --max-out-of-orderness {live}ms (ledger, partition "
+                             f"{p.partition}), not {ooo}ms: pass the processor's flags")
+
+
+def check_classification(replays: dict[int, PartitionReplay], pin: Pin, request: BackfillRequest) -> None:
+    """At the pinned position the replay must stand where the live run stood: same max event
+    time and the same late and invalid counts as the ledger. Otherwise the rules (the
+    lateness flags) or the input differ, and the recomputed windows would be wrong."""
+    for p, replay in sorted(replays.items()):
+        pinned = pin.get(p)
+        if replay.max_event_time_ms != pinned.max_event_time_ms:
+            raise FatalError(f"partition {p}: replay up to offset {pinned.next_offset} ends at max event time "
+                             f"{iso(replay.max_event_time_ms)}, the ledger at {iso(pinned.max_event_time_ms)}: "
+                             "the input differs from what the live processor read")
+        got = replay.dlq_counts()
+        want = {k: n for k, n in pinned.dlq.items() if n}
+        if got != want:
+            def show(d: dict[tuple[str, str], int]) -> str:
+                return ", ".join(f"{r}{'/' + k if k else ''} {n}" for (r, k), n in sorted(d.items())) or "none"
+            p_ = request.policy
+            raise FatalError(
+                f"partition {p}: replaying offsets [0, {pinned.next_offset}) gives DLQ counts {show(got)}, the "
+                f"ledger holds {show(want)}: the live processor classified records with other rules than "
+                f"--allowed-lateness-minute {p_.allowed_lateness_minute_ms}ms / --allowed-lateness-hour "
+                f"{p_.allowed_lateness_hour_ms}ms; pass the processor's flags")
+
+
+def rows_by_table(replays: dict[int, PartitionReplay]) -> dict[str, list[WindowRow]]:
+    out: dict[str, list[WindowRow]] = {k.table: [] for k in KINDS}
+    for _p, replay in sorted(replays.items()):
+        for r in replay.rows():
+            out[WindowKind(r.kind).table].append(r)
+    for rows in out.values():
+        rows.sort(key=lambda r: (r.window_start_s, r.account_id, r.country, r.partition))
+    return out

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from app.backfill.compare import TableDiff
+from app.backfill.outcome import Outcome
 from app.backfill.request import iso
-from app.backfill.run import Outcome
 from app.processor.windows import KINDS
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from app.core.config import DEFAULT_MAX_RECORD_BYTES
 from app.core.errors import FatalError
-from app.ledger.backfill import Pin
+from app.ledger.backfill_runs import Pin
 from app.processor.windows import KINDS, LatenessPolicy, WindowKind
 
 

@@ -33,9 +33,15 @@ from clickhouse_connect.driver.client import Client
 
 from app.backfill.clickhouse import StoredRange, delete_keys, max_version, open_clickhouse, read_range
 from app.backfill.compare import TableDiff, diff_table
+from app.backfill.outcome import Outcome
 from app.backfill.read_log import check_retention, open_consumer, read_prefixes, topic_partitions
-from app.backfill.recompute import PartitionReplay
-from app.backfill.request import BackfillRequest, Selection, iso, select
+from app.backfill.recompute import (
+    PartitionReplay,
+    check_classification,
+    check_out_of_orderness,
+    rows_by_table,
+)
+from app.backfill.request import BackfillRequest, Selection, select
 from app.core import metrics
 from app.core.config import ServiceSettings
 from app.core.errors import FatalError, ServiceLocked
@@ -43,14 +49,13 @@ from app.core.faults import crash_point
 from app.core.kafka import admin as kafka_admin
 from app.core.kafka import topic_identity
 from app.core.retry import retry_call
-from app.ledger import backfill as ledger_backfill
-from app.ledger.backfill import BackfillRun, Pin
-from app.ledger import pipeline_rules
+from app.ledger import backfill_runs as ledger_backfill
+from app.ledger.backfill_runs import BackfillRun, Pin
 from app.ledger.ledger import Ledger
 from app.ledger.pipeline_rules import check_log, check_rules, recorded_by
 from app.ledger.rows import WindowRow, rows_to_table
 from app.processor.log_guard import rules_of
-from app.processor.windows import KINDS, WindowKind
+from app.processor.windows import KINDS
 
 log = structlog.get_logger("backfill")
 
@@ -64,32 +69,6 @@ class BackfillConfig:
     batch_rows: int = 200_000
     service_timeout_s: float = 30.0
     max_examples: int = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened (or, in a dry run, would happen): rendered by app/backfill/render.py."""
-
-    request: BackfillRequest
-    dry_run: bool
-    pin: Pin
-    selection: Selection
-    records: int
-    replay_s: float
-    tables: tuple[TableDiff, ...]
-    clickhouse_note: str | None          # why ClickHouse was not read; None when it was
-    run: BackfillRun | None = None       # None: dry run, or nothing to land
-    resumed: bool = False
-    batches_new: int = 0
-    batches_existing: int = 0
-    deleted_keys: int | None = None
-    pending_run: BackfillRun | None = None   # dry run: the unfinished run a real run would resume
-    live_max_version: int = 0
-    elapsed_s: float = 0.0
-
-    @property
-    def windows(self) -> int:
-        return sum(t.windows for t in self.tables)
 
 
 class Stopped(Exception):
@@ -130,7 +109,7 @@ class Backfill:
         """Other rules, or a topic recreated or repartitioned since the live run read it, would
         recompute windows the live run never had: refuse, naming both values."""
         s, request = self.cfg.services, self.cfg.request
-        pinned = self._retry(lambda: pipeline_rules.read_pin(ledger), "postgres_pipeline_rules")
+        pinned = self._retry(ledger.pinned, "postgres_pipeline_rules")
         if pinned is None:
             return  # no checkpoint yet: then the classification check (step 8) decides
         check_rules(s.pipeline_id, pinned, rules_of(request.policy, request.max_record_bytes))
@@ -354,48 +333,3 @@ class Backfill:
                 crash_point("backfill.between_batches")
         return new, existing
 
-
-def check_out_of_orderness(pin: Pin, request: BackfillRequest) -> None:
-    """The ledger stores both max event time and watermark: their gap is the live run's
-    max_out_of_orderness. A different value would classify records differently."""
-    ooo = request.policy.max_out_of_orderness_ms
-    for p in pin.partitions:
-        if p.max_event_time_ms is None or p.watermark_ms is None:
-            continue
-        live = p.max_event_time_ms - p.watermark_ms
-        if live != ooo:
-            raise FatalError(f"the live processor runs with --max-out-of-orderness {live}ms (ledger, partition "
-                             f"{p.partition}), not {ooo}ms: pass the processor's flags")
-
-
-def check_classification(replays: dict[int, PartitionReplay], pin: Pin, request: BackfillRequest) -> None:
-    """At the pinned position the replay must stand where the live run stood: same max event
-    time and the same late and invalid counts as the ledger. Otherwise the rules (the
-    lateness flags) or the input differ, and the recomputed windows would be wrong."""
-    for p, replay in sorted(replays.items()):
-        pinned = pin.get(p)
-        if replay.max_event_time_ms != pinned.max_event_time_ms:
-            raise FatalError(f"partition {p}: replay up to offset {pinned.next_offset} ends at max event time "
-                             f"{iso(replay.max_event_time_ms)}, the ledger at {iso(pinned.max_event_time_ms)}: "
-                             "the input differs from what the live processor read")
-        got = replay.dlq_counts()
-        want = {k: n for k, n in pinned.dlq.items() if n}
-        if got != want:
-            def show(d: dict[tuple[str, str], int]) -> str:
-                return ", ".join(f"{r}{'/' + k if k else ''} {n}" for (r, k), n in sorted(d.items())) or "none"
-            p_ = request.policy
-            raise FatalError(
-                f"partition {p}: replaying offsets [0, {pinned.next_offset}) gives DLQ counts {show(got)}, the "
-                f"ledger holds {show(want)}: the live processor classified records with other rules than "
-                f"--allowed-lateness-minute {p_.allowed_lateness_minute_ms}ms / --allowed-lateness-hour "
-                f"{p_.allowed_lateness_hour_ms}ms; pass the processor's flags")
-
-
-def rows_by_table(replays: dict[int, PartitionReplay]) -> dict[str, list[WindowRow]]:
-    out: dict[str, list[WindowRow]] = {k.table: [] for k in KINDS}
-    for _p, replay in sorted(replays.items()):
-        for r in replay.rows():
-            out[WindowKind(r.kind).table].append(r)
-    for rows in out.values():
-        rows.sort(key=lambda r: (r.window_start_s, r.account_id, r.country, r.partition))
-    return out

@@ -1,4 +1,5 @@
-"""Kafka helpers shared by the stages: client configs, topic creation, end offsets, topic identity."""
+"""Kafka helpers shared by the stages: client configs, topic creation, a topic's partitions and
+end offsets, topic identity."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.core.errors import RetryableError
+from app.core.errors import FatalError, RetryableError
 
 log = structlog.get_logger("kafka")
 
@@ -113,11 +114,26 @@ def ensure_topic(bootstrap: str, name: str, partitions: int, *, replication: int
             time.sleep(1)
 
 
-def partitions_of(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> list[int]:
-    md = consumer.list_topics(topic, timeout=timeout_s)
+class TopicNotFound(FatalError):
+    """The topic does not exist: nothing a retry can fix (a caller that waits for it to be
+    created says so by catching this)."""
+
+
+def topic_partitions(client: Consumer | AdminClient, topic: str, *, timeout_s: float = 10.0) -> list[int]:
+    """The topic's partitions, ascending. RetryableError when Kafka cannot answer (unreachable,
+    metadata without brokers, a transient topic error such as a leader election);
+    TopicNotFound when the topic does not exist."""
+    try:
+        md = client.list_topics(topic, timeout=timeout_s)
+    except KafkaException as e:
+        raise RetryableError(f"Kafka metadata unavailable: {e}") from e
+    if not md.brokers:
+        raise RetryableError("Kafka metadata has no brokers")
     t = md.topics.get(topic)
-    if t is None or t.error is not None:
-        raise RetryableError(f"topic {topic} not found: {t.error if t else 'missing'}")
+    if t is None or (t.error is not None and t.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+        raise TopicNotFound(f"topic {topic!r} does not exist")
+    if t.error is not None:
+        raise RetryableError(f"topic {topic!r} metadata error: {t.error}")
     return sorted(t.partitions)
 
 
@@ -132,7 +148,13 @@ def watermark_offsets(consumer: Consumer, topic: str, partition: int,
 
 
 def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
-    return {p: watermark_offsets(consumer, topic, p)[1] for p in partitions_of(consumer, topic)}
+    """Each partition's end offset. A topic that does not exist (yet) is RetryableError here:
+    a processor may start before the generator creates its topic, and waits for it."""
+    try:
+        partitions = topic_partitions(consumer, topic)
+    except TopicNotFound as e:
+        raise RetryableError(f"{e} (yet)") from e
+    return {p: watermark_offsets(consumer, topic, p)[1] for p in partitions}
 
 
 # Kafka's "no topic id" (all-zero UUID): brokers without topic ids report it.

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from app.gen.accounts import account_for_rank, home_country, mix64
 from app.gen.invalid import INVALID_CLASSES, MAX_EVENT_TIME_MS, make_invalid, make_invalid_key
 from app.gen.zipf import ZipfSampler
 
@@ -38,7 +39,6 @@ COUNTRIES: tuple[str, ...] = (
     "IS", "LU", "MT", "CY", "BO", "PY", "KZ", "GE", "JO", "QA",
 )
 # Traffic share of country j ~ 1/(j+1)**0.8: a few big markets and a long tail.
-_COUNTRY_SKEW = 0.8
 TRAVEL_FRACTION = 0.02  # events sent from a country other than the account's home
 
 KINDS: tuple[str, ...] = ("view", "click", "search", "add_to_cart", "purchase", "refund", "signup")
@@ -145,55 +145,6 @@ class ChunkColumns:
         return self.invalid_class < 0
 
 
-# ---- account and country model ---------------------------------------------------------
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a fixed, well-spread hash of uint64 values (wraps on purpose)."""
-    z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    out: np.ndarray = z ^ (z >> np.uint64(31))
-    return out
-
-
-def _unit_float(h: np.ndarray) -> np.ndarray:
-    """Top 53 bits of a uint64 hash as a float in [0, 1)."""
-    out: np.ndarray = (h >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
-    return out
-
-
-@lru_cache(maxsize=16)
-def _rank_bijection(accounts: int, seed: int) -> tuple[int, int]:
-    """(multiplier, offset) so that rank r -> ((r-1)*multiplier + offset) % accounts is a
-    bijection that scatters hot ranks across the id space (hot accounts are not 0, 1, 2)."""
-    mult = 2_654_435_761 % accounts  # Knuth's multiplicative-hash constant
-    while math.gcd(mult, accounts) != 1:
-        mult += 1
-    offset = int(_mix64(np.array([seed], dtype=np.uint64))[0] % np.uint64(accounts))
-    return mult, offset
-
-
-def account_for_rank(ranks: np.ndarray, accounts: int, seed: int) -> np.ndarray:
-    mult, offset = _rank_bijection(accounts, seed)
-    out: np.ndarray = ((ranks.astype(np.int64) - 1) * mult + offset) % accounts
-    return out
-
-
-@lru_cache(maxsize=16)
-def _country_cdf(countries: int) -> np.ndarray:
-    weights = 1.0 / np.arange(1, countries + 1, dtype=np.float64) ** _COUNTRY_SKEW
-    cdf: np.ndarray = np.cumsum(weights) / weights.sum()
-    return cdf
-
-
-def home_country(account_ids: np.ndarray, countries: int) -> np.ndarray:
-    """Each account's home country index: a fixed hash of the id, independent of the seed."""
-    u = _unit_float(_mix64(np.asarray(account_ids, dtype=np.uint64) ^ np.uint64(0xC0FFEE)))
-    index = np.searchsorted(_country_cdf(countries), u, side="right")
-    return np.minimum(index, countries - 1).astype(np.int64)
-
-
 @lru_cache(maxsize=16)
 def _zipf(accounts: int, s: float) -> ZipfSampler:
     return ZipfSampler.create(accounts, s)
@@ -255,7 +206,7 @@ def chunk_columns(spec: GenSpec, chunk_index: int) -> ChunkColumns:
 
     page_id = rng[_S_PAGE].integers(1, 1_000_000, n)
     # A session is an account's 30-minute slice of simulated time.
-    session = _mix64(account.astype(np.uint64) * np.uint64(1_000_003)
+    session = mix64(account.astype(np.uint64) * np.uint64(1_000_003)
                      ^ (_ingest_ms(spec, index) // _SESSION_MS).astype(np.uint64))
 
     inv_rng = rng[_S_INVALID]

@@ -13,16 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
 from app.core.config import LatenessFlags
 from app.core.errors import InvariantViolation, PipelineMismatch
 from app.core.kafka import TopicIdentity
-
-if TYPE_CHECKING:
-    from app.ledger.ledger import Ledger
 
 CHANGE_RULES = "docs/watermarks.md, \"Changing the rules\""
 INPUT_LOG = "docs/watermarks.md, \"The input log is pinned too\""
@@ -49,7 +46,8 @@ _COLUMNS = """max_out_of_orderness_ms, allowed_lateness_minute_ms, allowed_laten
               topic, topic_id, partitions, checkpoint_id, pinned_at"""
 
 
-def _select(conn: psycopg.Connection[Any], pipeline_id: str) -> PinnedPipeline | None:
+def select_pinned(conn: psycopg.Connection[Any], pipeline_id: str) -> PinnedPipeline | None:
+    """The pipeline's recorded pin; None before its first checkpoint."""
     row = conn.execute(f"SELECT {_COLUMNS} FROM pipeline_rules WHERE pipeline_id = %s",  # noqa: S608 (fixed)
                        (pipeline_id,)).fetchone()
     if row is None:
@@ -58,18 +56,13 @@ def _select(conn: psycopg.Connection[Any], pipeline_id: str) -> PinnedPipeline |
     return PinnedPipeline(PipelinePin(rules, TopicIdentity(row[4], row[5], int(row[6]))), int(row[7]), row[8])
 
 
-def read_pin(ledger: Ledger) -> PinnedPipeline | None:
-    """The pipeline's recorded pin; None before its first checkpoint."""
-    return ledger._run(lambda conn: _select(conn, ledger.pipeline_id))  # type: ignore[no-any-return]
-
-
 def check_or_record(conn: psycopg.Connection[Any], pipeline_id: str, pin: PipelinePin,
                     checkpoint_id: int) -> None:
     """Inside a checkpoint's transaction: record the pin if this is the pipeline's first
     checkpoint, else require the recorded one. Race-free: of two first checkpoints with
     different pins, the second INSERT waits for the first transaction, finds its row and
     fails its own transaction, which then commits nothing."""
-    pinned = _select(conn, pipeline_id)
+    pinned = select_pinned(conn, pipeline_id)
     if pinned is None:
         r, log = pin.rules, pin.log
         inserted = conn.execute(
@@ -81,7 +74,7 @@ def check_or_record(conn: psycopg.Connection[Any], pipeline_id: str, pin: Pipeli
              r.max_record_bytes, log.topic, log.topic_id, log.partitions, checkpoint_id)).fetchone()
         if inserted is not None:
             return
-        pinned = _select(conn, pipeline_id)  # a new statement sees the concurrent first checkpoint
+        pinned = select_pinned(conn, pipeline_id)  # a new statement sees the concurrent first checkpoint
         if pinned is None:
             raise InvariantViolation(f"pipeline {pipeline_id!r}: its rules row conflicted but cannot be read")
     check_rules(pipeline_id, pinned, pin.rules)

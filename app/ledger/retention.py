@@ -8,16 +8,12 @@ the payload is set to NULL, the batch's row (ids, offsets, totals, times) stays 
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
-from app.ledger.ledger import Ledger
+from app.ledger.ledger import Connection, Ledger
 
 
 def prune_payloads(ledger: Ledger, limit: int = 1000) -> int:
     """Drop up to `limit` unneeded payloads; returns how many were dropped."""
-    def tx(conn: psycopg.Connection[Any]) -> int:
+    def tx(conn: Connection) -> int:
         cur = conn.execute(
             """UPDATE sink_batch SET payload = NULL
                WHERE (pipeline_id, batch_id) IN (
@@ -32,4 +28,4 @@ def prune_payloads(ledger: Ledger, limit: int = 1000) -> int:
                  ORDER BY b.checkpoint_id LIMIT %s)""",
             (ledger.pipeline_id, ledger.topic, limit))
         return cur.rowcount
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)

@@ -26,10 +26,10 @@ from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
 from app.core.metrics import serve_metrics
-from app.processor.engine import Processor, ProcessorConfig
+from app.processor.config import ProcessorConfig
+from app.processor.engine import Processor
 from app.processor.leveldb_store import LevelDBOptions
 from app.processor.windows import LatenessPolicy
-
 
 EPILOG = """\
 rules pinned to the pipeline id (contract §2, §3; docs/watermarks.md):

@@ -10,16 +10,12 @@ conversion only when a sum is outside int64. The table equals
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from app.ledger.rows import WINDOW_ROW_SCHEMA
-from app.processor.windows import WindowKind
-
-if TYPE_CHECKING:  # state.py imports this module
-    from app.processor.state import WindowKey
+from app.processor.windows import WindowKey, WindowKind
 
 _DECIMAL = pa.decimal128(38, 0)
 

@@ -24,8 +24,10 @@ import orjson
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
+from app.core import metrics
 from app.core.errors import RetryableError
 from app.core.kafka import producer_config
+from app.processor.windows import WindowKind
 
 log = structlog.get_logger("dlq")
 
@@ -170,3 +172,29 @@ class DeadLetters:
 
     def poll(self) -> None:
         self._producer.poll(0)
+
+
+class PartitionDeadLetters:
+    """`fold_run`'s Rejects for one owned partition: each record to the DLQ, and counted in
+    the partition's `dlq_counts` for the next checkpoint."""
+
+    __slots__ = ("counts", "dlq", "partition")
+
+    def __init__(self, dlq: DeadLetters, partition: int, counts: dict[tuple[str, str], int]) -> None:
+        self.dlq = dlq
+        self.partition = partition
+        self.counts = counts
+
+    def on_invalid(self, offset: int, key: bytes | None, value: bytes | None, error: str) -> None:
+        self._send("invalid", None, offset, key, value, error)
+
+    def on_late(self, offset: int, key: bytes | None, value: bytes | None, kind: WindowKind, error: str) -> None:
+        self._send("late", kind.label, offset, key, value, error)
+
+    def _send(self, reason: str, kind: str | None, offset: int, key: bytes | None, value: bytes | None,
+              error: str) -> None:
+        self.dlq.send(reason=reason, window_kind=kind, partition=self.partition, offset=offset, key=key,
+                      value=value, error=error)
+        k = (reason, kind or "")
+        self.counts[k] = self.counts.get(k, 0) + 1
+        metrics.DLQ_RECORDS.labels(reason=reason, window_kind=kind or "").inc()

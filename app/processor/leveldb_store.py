@@ -1,16 +1,9 @@
 """Open-window state in LevelDB (plyvel): state beyond RAM, one database per partition.
 
-Layout of one partition's database (`<state-dir>/slot-N/<topic>-<partition>/`):
-
-    key   15 bytes  >B I Q 2s   kind, window_start (epoch s), account_id, country
-    value 24 bytes  <Q Q q      event_count, sum_amount as Int128 (low 64 bits, high 64 bits)
-    b"\\xff"         JSON meta   {"state": "committed"|"prepared", "checkpoint": ref, ...}
-
-Keys sort by (kind, window_start) first, so every final window of a kind is one key range
-at the front: finalisation is a range scan + delete from where the last one stopped. The
-value is the little-endian two's-complement Int128 that Arrow's decimal128 uses, so sums
-are exact for the whole ClickHouse Int128 range and snapshots/restores convert columns
-with numpy instead of one Python int at a time.
+One database per owned partition (`<state-dir>/slot-N/<topic>-<partition>/`), laid out as
+leveldb_layout.py says: keys sort by (kind, window_start) first, so every final window of
+a kind is one key range at the front and finalisation is a range scan + delete from where
+the last one stopped; snapshots and restores convert whole columns with numpy.
 
 Memory: LevelDB's block cache and write buffers are set by options (per partition); the
 Python side holds only the windows changed since the last checkpoint (`dirty`, bounded by
@@ -27,56 +20,33 @@ from __future__ import annotations
 
 import fcntl
 import os
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import orjson
 import plyvel
 import pyarrow as pa
 
-from app.core.errors import FatalError, InvariantViolation
+from app.core.errors import FatalError
 from app.ledger.rows import WINDOW_ROW_SCHEMA, WindowRow
-from app.processor.batch import columns_table
-from app.processor.state import WindowKey
-from app.processor.windows import KINDS, LatenessPolicy, WindowKind
-
-_KEY: Final = struct.Struct(">BIQ2s")
-_PREFIX: Final = struct.Struct(">BI")
-_VALUE: Final = struct.Struct("<QQq")
-_M64: Final = (1 << 64) - 1
-_MAX_START_S: Final = (1 << 32) - 1
-META_KEY: Final = b"\xff"  # after every window key (kinds are 0 and 1)
-
-_KEY_DTYPE: Final = np.dtype([("kind", "u1"), ("start", ">u4"), ("account", ">u8"), ("country", "S2")])
-_VALUE_DTYPE: Final = np.dtype([("count", "<u8"), ("lo", "<u8"), ("hi", "<i8")])
-_SUM_DTYPE: Final = np.dtype([("lo", "<u8"), ("hi", "<i8")])
-assert _KEY_DTYPE.itemsize == _KEY.size and _VALUE_DTYPE.itemsize == _VALUE.size
-
-
-def pack_key(key: WindowKey) -> bytes:
-    kind, start_ms, account, country = key
-    return _KEY.pack(kind, start_ms // 1000, account, country.encode("ascii"))
-
-
-def unpack_key(raw: bytes) -> WindowKey:
-    kind, start_s, account, country = _KEY.unpack(raw)
-    return (kind, start_s * 1000, account, country.decode("ascii"))
-
-
-def pack_value(count: int, amount: int) -> bytes:
-    try:
-        return _VALUE.pack(count, amount & _M64, amount >> 64)
-    except struct.error as e:
-        raise InvariantViolation(f"window value out of range (count {count}, sum beyond Int128): {e}") from e
-
-
-def unpack_value(raw: bytes) -> tuple[int, int]:
-    count, lo, hi = _VALUE.unpack(raw)
-    return count, (hi << 64) | lo
+from app.processor.leveldb_layout import (
+    KEY,
+    MAX_START_S,
+    META_KEY,
+    PREFIX,
+    VALUE,
+    VALUE_DTYPE,
+    pack_value,
+    raw_from_table,
+    table_from_packed,
+    table_from_raw,
+    unpack_key,
+    unpack_value,
+)
+from app.processor.windows import KINDS, LatenessPolicy, WindowKey, WindowKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +142,8 @@ class LevelDBWindowStore:
         if self._recount:
             counts = [0] * len(KINDS)
             for kind in KINDS:
-                for _ in self._db.iterator(start=_PREFIX.pack(kind, self._final_from[kind]),
-                                           stop=_PREFIX.pack(kind + 1, 0), include_value=False):
+                for _ in self._db.iterator(start=PREFIX.pack(kind, self._final_from[kind]),
+                                           stop=PREFIX.pack(kind + 1, 0), include_value=False):
                     counts[kind] += 1
             self._windows, self._recount = counts, False
         return self._windows
@@ -193,7 +163,7 @@ class LevelDBWindowStore:
 
     def fold(self, deltas: dict[WindowKey, list[int]]) -> None:
         dirty, pending, clean, get = self._dirty, self._pending, self._clean, self._db.get
-        pack, unpack = _KEY.pack, _VALUE.unpack
+        pack, unpack = KEY.pack, VALUE.unpack
         new = [0] * len(KINDS)
         for key, (count, amount) in deltas.items():
             v = dirty.get(key)
@@ -243,14 +213,14 @@ class LevelDBWindowStore:
     def prepare(self, next_offset: int) -> None:
         vals = list(self._pending.values())
         try:  # all values packed at once while they fit uint64/int64 (the usual case)
-            packed = np.empty(len(vals), dtype=_VALUE_DTYPE)
+            packed = np.empty(len(vals), dtype=VALUE_DTYPE)
             packed["count"] = np.array([v[0] for v in vals], dtype=np.uint64)
             sums = np.array([v[1] for v in vals], dtype=np.int64)
             packed["lo"], packed["hi"] = sums.view(np.uint64), sums >> 63  # the Int128's two halves
             raw = packed.tobytes()
         except OverflowError:
             raw = None
-        vs = _VALUE.size
+        vs = VALUE.size
         with self._db.write_batch() as wb:
             if raw is None:
                 for count, amount, kb in vals:
@@ -279,13 +249,13 @@ class LevelDBWindowStore:
             bound_ms = policy.oldest_open_start_ms(WindowKind(kind), watermark_ms)
             if bound_ms is None:
                 continue
-            stop_s = min(max(-(-bound_ms // 1000), 0), _MAX_START_S)  # final iff start_s < stop_s
+            stop_s = min(max(-(-bound_ms // 1000), 0), MAX_START_S)  # final iff start_s < stop_s
             start_s = self._final_from[kind]
             if stop_s <= start_s:
                 continue
             kept = False
             with self._db.write_batch() as wb:
-                for kb in self._db.iterator(start=_PREFIX.pack(kind, start_s), stop=_PREFIX.pack(kind, stop_s),
+                for kb in self._db.iterator(start=PREFIX.pack(kind, start_s), stop=PREFIX.pack(kind, stop_s),
                                             include_value=False):
                     if guarded:
                         key = unpack_key(kb)
@@ -315,8 +285,8 @@ class LevelDBWindowStore:
             values: list[bytes] = []
             try:
                 for kind in KINDS:
-                    for k, v in snap.iterator(start=_PREFIX.pack(kind, starts[kind]),
-                                              stop=_PREFIX.pack(kind + 1, 0)):
+                    for k, v in snap.iterator(start=PREFIX.pack(kind, starts[kind]),
+                                              stop=PREFIX.pack(kind + 1, 0)):
                         keys.append(k)
                         values.append(v)
                         if len(keys) >= rows_per_chunk:
@@ -338,7 +308,7 @@ class LevelDBWindowStore:
             return
         keys, values = raw_from_table(table)
         kb, vb = keys.tobytes(), values.tobytes()
-        ks, vs = _KEY.size, _VALUE.size
+        ks, vs = KEY.size, VALUE.size
         with self._db.write_batch() as wb:
             for i in range(n):
                 wb.put(kb[i * ks:(i + 1) * ks], vb[i * vs:(i + 1) * vs])
@@ -348,7 +318,7 @@ class LevelDBWindowStore:
     def load(self, rows: Iterable[WindowRow]) -> None:
         with self._db.write_batch() as wb:
             for r in rows:
-                wb.put(_KEY.pack(r.kind, r.window_start_s, r.account_id, r.country.encode("ascii")),
+                wb.put(KEY.pack(r.kind, r.window_start_s, r.account_id, r.country.encode("ascii")),
                        pack_value(r.event_count, r.sum_amount))
         self._recount = True
         self._clean = {}
@@ -366,62 +336,3 @@ class LevelDBWindowStore:
         if not self._db.closed:
             self._db.close()
         self._dirty, self._pending, self._clean = {}, {}, {}
-
-
-# ---- columnar conversion (numpy, no per-row Python ints) -------------------
-
-
-def table_from_raw(partition: int, keys: list[bytes], values: list[bytes]) -> pa.Table:
-    """LevelDB entries -> window rows (WINDOW_ROW_SCHEMA)."""
-    n = len(keys)
-    k = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)
-    v = np.frombuffer(b"".join(values), dtype=_VALUE_DTYPE)
-    if len(v) != n:
-        raise InvariantViolation("LevelDB state holds a value of the wrong size")
-    sums = np.empty(n, dtype=_SUM_DTYPE)
-    sums["lo"], sums["hi"] = v["lo"], v["hi"]
-    countries = pa.StringArray.from_buffers(
-        n, pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32).tobytes()),
-        pa.py_buffer(np.ascontiguousarray(k["country"]).tobytes()))
-    return pa.Table.from_arrays([
-        pa.array(k["kind"].astype(np.int8)),
-        pa.array(np.full(n, partition, dtype=np.int32)),
-        pa.array(k["start"].astype(np.int64)),
-        pa.array(k["account"].astype(np.uint64)),
-        countries,
-        pa.array(v["count"].astype(np.uint64)),
-        pa.Array.from_buffers(pa.decimal128(38, 0), n, [None, pa.py_buffer(sums.tobytes())]),
-    ], schema=WINDOW_ROW_SCHEMA)
-
-
-def table_from_packed(partition: int, keys: bytes, counts: list[int], sums: list[int]) -> pa.Table:
-    """Packed keys (joined) + Python-int values -> window rows, in key order."""
-    k = np.frombuffer(keys, dtype=_KEY_DTYPE)
-    n = len(k)
-    if n == 0:
-        return WINDOW_ROW_SCHEMA.empty_table()
-    countries = pa.StringArray.from_buffers(
-        n, pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32).tobytes()),
-        pa.py_buffer(np.ascontiguousarray(k["country"]).tobytes()))
-    return columns_table(partition, k["kind"], k["start"], k["account"], countries, counts, sums)
-
-
-def raw_from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Window rows -> packed keys and values (structured arrays of _KEY / _VALUE layout)."""
-    n = table.num_rows
-    keys = np.empty(n, dtype=_KEY_DTYPE)
-    keys["kind"] = table.column("kind").to_numpy()
-    keys["start"] = table.column("window_start").to_numpy()
-    keys["account"] = table.column("account_id").to_numpy()
-    country = table.column("country").combine_chunks()
-    offsets = np.frombuffer(country.buffers()[1], dtype=np.int32)[country.offset:country.offset + n + 1]
-    if country.null_count or not np.all(np.diff(offsets) == 2):
-        raise InvariantViolation("window rows with a country that is not two ASCII letters")
-    data = np.frombuffer(country.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    keys["country"] = data.view("S2")
-    values = np.empty(n, dtype=_VALUE_DTYPE)
-    values["count"] = table.column("event_count").to_numpy()
-    sums = table.column("sum_amount").combine_chunks()
-    raw_sums = np.frombuffer(sums.buffers()[1], dtype=_SUM_DTYPE)[sums.offset:sums.offset + n]
-    values["lo"], values["hi"] = raw_sums["lo"], raw_sums["hi"]
-    return keys, values

@@ -34,7 +34,6 @@ from app.ledger.pipeline_rules import (
     check_log,
     check_rules,
     duration_text,
-    read_pin,
     recorded_by,
 )
 from app.processor.windows import LatenessPolicy
@@ -109,7 +108,7 @@ class LogGuard:
     def _check(self, *, at: str) -> TopicIdentity | None:
         pid = self.ledger.pipeline_id
         if self.pinned is None:
-            self.pinned = retry_call(lambda: read_pin(self.ledger), what="postgres_pipeline_rules",
+            self.pinned = retry_call(self.ledger.pinned, what="postgres_pipeline_rules",
                                      should_stop=self.should_stop)
         if self.pinned is not None:
             check_rules(pid, self.pinned, self.rules)

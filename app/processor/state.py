@@ -26,10 +26,10 @@ from typing import Protocol
 import pyarrow as pa
 
 from app.ledger.rows import WindowRow, iter_rows, rows_to_table
-from app.processor.windows import KINDS, LatenessPolicy, WindowKind
+from app.processor.batch import counts_sums, window_table
+from app.processor.windows import KINDS, LatenessPolicy, WindowKey, WindowKind
 
-# (kind, window_start_ms, account_id, country)
-WindowKey = tuple[int, int, int, str]
+__all__ = ["InMemoryWindowStore", "WindowKey", "WindowStore"]  # WindowKey: defined in windows.py
 
 
 class WindowStore(Protocol):
@@ -136,8 +136,6 @@ class InMemoryWindowStore:
         return rows
 
     def take_dirty_table(self) -> pa.Table:
-        from app.processor.batch import counts_sums, window_table
-
         values = self._values
         keys = [k for k in self._dirty if k in values]
         counts, sums = counts_sums(values, keys)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from app.ledger.insert_groups import BatchHeader, BlockLayout, InsertGroup, MemberRows
+from app.ledger.sink_groups import BatchHeader, BlockLayout, InsertGroup, MemberRows
 
 DAY_S: Final = 86_400
 ROLLUP_COLUMNS: Final = ("window_start", "account_id", "country", "event_count", "sum_amount", "batch_id",

@@ -40,10 +40,12 @@ from app.core.config import ServiceSettings
 from app.core.errors import InvariantViolation, RetryableError
 from app.core.faults import crash_point
 from app.core.retry import Backoff, retry_call
-from app.ledger import insert_groups as groups_ledger
-from app.ledger.insert_groups import BlockLayout, GroupConflict, InsertGroup
+from app.ledger import sink_groups as groups_ledger
+from app.ledger.backlog import pending_work
 from app.ledger.ledger import Ledger
 from app.ledger.retention import prune_payloads
+from app.ledger.sink_groups import BlockLayout, GroupConflict, InsertGroup
+from app.ledger.until_end import sink_run_state
 from app.sink.groups import GroupPolicy, cut_blocks, group_rows, plan_group, resolve_layout
 from app.sink.writer import RollupWriter
 
@@ -178,11 +180,11 @@ class Sink:
     # ---- the loop -------------------------------------------------------------
 
     def _run_finished(self) -> bool:
-        finished, _pending = self._call(self.ledger.sink_run_state, what="postgres_run_state")
+        finished, _pending = self._call(lambda: sink_run_state(self.ledger), what="postgres_run_state")
         return finished
 
     def _idle_and_done(self) -> bool:
-        finished, pending = self._call(self.ledger.sink_run_state, what="postgres_run_state")
+        finished, pending = self._call(lambda: sink_run_state(self.ledger), what="postgres_run_state")
         return finished and not pending
 
     def _observe_backlog(self) -> None:
@@ -190,7 +192,7 @@ class Sink:
         if now - self._backlog_at < self.cfg.backlog_every_s:
             return
         self._backlog_at = now
-        work = self._call(lambda: groups_ledger.pending_work(self.ledger), what="postgres_pending_work")
+        work = self._call(lambda: pending_work(self.ledger), what="postgres_pending_work")
         metrics.PENDING_ROWS.set(work.rows)
         metrics.PENDING_BYTES.set(work.payload_bytes)
         metrics.SINK_LAG_SECONDS.set(work.oldest_age_s)

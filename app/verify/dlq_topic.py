@@ -15,10 +15,9 @@ import numpy as np
 import structlog
 from confluent_kafka import Consumer
 
-from app.core.errors import FatalError
-from app.core.kafka import watermark_offsets
+from app.core.kafka import TopicNotFound, topic_partitions, watermark_offsets
 from app.core.retry import retry_call
-from app.verify.read_log import PartitionRange, read_records, topic_partitions
+from app.verify.read_log import PartitionRange, read_records
 from app.verify.truth import DlqSlot
 
 log = structlog.get_logger("verify.dlq_topic")
@@ -71,7 +70,7 @@ def read_dlq_topic(consumer: Consumer, topic: str, source_topic: str, *, deadlin
     try:
         partitions = retry_call(lambda: topic_partitions(consumer, topic), what="kafka_dlq_metadata",
                                 deadline_s=deadline_s)
-    except FatalError:
+    except TopicNotFound:
         return DlqTopicSnapshot(topic, exists=False)
     ranges = []
     for p in partitions:

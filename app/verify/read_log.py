@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from app.core.errors import FatalError, RetryableError
-from app.core.kafka import consumer_config, watermark_offsets
+from app.core.kafka import TopicNotFound, consumer_config, topic_partitions, watermark_offsets
 from app.core.retry import retry_call
 
 log = structlog.get_logger("verify.read_log")
@@ -45,27 +45,14 @@ def open_consumer(bootstrap: str, pipeline_id: str) -> Consumer:
     ))
 
 
-def topic_partitions(consumer: Consumer, topic: str, *, timeout_s: float = 10.0) -> list[int]:
-    """Partitions of `topic`; RetryableError when Kafka is unreachable, FatalError when the topic is missing."""
-    try:
-        md = consumer.list_topics(timeout=timeout_s)
-    except KafkaException as e:
-        raise RetryableError(f"Kafka metadata unavailable: {e}") from e
-    if not md.brokers:
-        raise RetryableError("Kafka metadata has no brokers")
-    t = md.topics.get(topic)
-    if t is None:
-        raise FatalError(f"topic {topic!r} does not exist: nothing to recompute the truth from")
-    if t.error is not None:
-        raise RetryableError(f"topic {topic!r} metadata error: {t.error}")
-    return sorted(t.partitions)
-
-
 def partition_ranges(consumer: Consumer, topic: str, *, deadline_s: float = 30.0) -> list[PartitionRange]:
     """Offsets to read per partition. FatalError when retention has removed input: the truth
     needs every record from offset 0, and a partial log would silently give a wrong verdict."""
-    partitions = retry_call(lambda: topic_partitions(consumer, topic), what="kafka_metadata",
-                            deadline_s=deadline_s)
+    try:
+        partitions = retry_call(lambda: topic_partitions(consumer, topic), what="kafka_metadata",
+                                deadline_s=deadline_s)
+    except TopicNotFound as e:
+        raise FatalError(f"topic {topic!r} does not exist: nothing to recompute the truth from") from e
     ranges = []
     for p in partitions:
         low, high = retry_call(lambda p=p: watermark_offsets(consumer, topic, p), what="kafka_watermarks",

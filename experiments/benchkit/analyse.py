@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from benchkit.scope import Batch, Checkpoint
+from experiments.benchkit.scope import Batch, Checkpoint
 
 
 def quantiles(values: Sequence[float] | np.ndarray, qs: Iterable[float] = (0.5, 0.99)) -> list[float | None]:

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from benchkit import analyse as an
-from benchkit.proc import Child, cpu_snapshot
-from benchkit.scope import EndOffsets, Scope, record_timestamps
+from experiments.benchkit import analyse as an
+from experiments.benchkit.proc import Child, cpu_snapshot
+from experiments.benchkit.scope import EndOffsets, Scope, record_timestamps
 
 
 def log(msg: str) -> None:
@@ -200,7 +200,7 @@ def run_catchup(
         },
     }
     if spies:
-        from profile_processor import summarise  # experiments/ is on sys.path (bench.py's folder)
+        from experiments.profile_processor import summarise
 
         out["profile"] = {
             f"{kind}:{path.name}": summarise(path, kind) for kind, path, _ in spies if path.exists()

@@ -1,12 +1,13 @@
 """Prototype: the processor's per-record hot path vs vectorised alternatives, in one process.
 
-No Kafka, no Postgres: the generator's own records (app.gen.model, the bench's data) as a
-list of values, one "partition", micro-batches of --batch records (the processor's
---poll-records), and the checkpoint's emit path (dirty windows -> Arrow -> IPC) every
---checkpoint-every records. Medians of --repeat runs, events/s of one core.
+No Kafka, no Postgres: the generator's own records (app.gen.model, the bench's data) as
+(offset, key, value) tuples of one "partition", micro-batches of --batch records (the
+processor's --poll-records), and the checkpoint's emit path (dirty windows -> Arrow -> IPC)
+every --checkpoint-every records. Medians of --repeat runs, events/s of one core.
 
-  current   decode_event per record, classify + fold into a dict (engine._process), store
-            fold (InMemoryWindowStore), take_dirty -> WindowRow objects -> rows_to_table
+  current   the processor's own code: app.processor.windows.fold_run per micro-batch (the
+            function the engine calls per run of one partition), InMemoryWindowStore.fold,
+            take_dirty_table -> tables_by_kind -> IPC (app.ledger.rows.encode)
   columnar  msgspec per record into a tuple-shaped Struct (array_like is not our JSON: we
             decode to a Struct with the same fields) then NumPy: running-max watermark,
             lateness mask, aggregation by sort + reduceat, state kept as a dict of
@@ -23,24 +24,33 @@ drops final windows (the same cost for both, left out).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
+from app.core.config import DEFAULT_MAX_RECORD_BYTES
 from app.gen.model import GenSpec, chunk_columns, encode_columns
-from app.ledger.rows import WINDOW_ROW_SCHEMA, encode, rows_to_table
-from app.processor.decode import COUNTRIES, InvalidEvent, decode_event
+from app.ledger.rows import WINDOW_ROW_SCHEMA, encode
+from app.processor.batch import tables_by_kind
+from app.processor.decode import COUNTRIES, InvalidEvent, decode_record
+from app.processor.engine import GC_THRESHOLDS
 from app.processor.state import InMemoryWindowStore
-from app.processor.windows import KINDS, LatenessPolicy
+from app.processor.windows import (
+    KINDS,
+    FoldRules,
+    LatenessPolicy,
+    Position,
+    Record,
+    WindowKey,
+    WindowKind,
+    fold_run,
+)
 
 POLICY = LatenessPolicy()
 COUNTRY_LIST = sorted(COUNTRIES)
@@ -48,84 +58,72 @@ COUNTRY_INDEX = {c: i for i, c in enumerate(COUNTRY_LIST)}
 COUNTRY_ARR = np.array(COUNTRY_LIST, dtype=object)
 
 
-def make_values(n: int) -> list[bytes]:
+def make_records(n: int) -> list[Record]:
     spec = GenSpec(events=n)
-    out: list[bytes] = []
+    pairs: list[tuple[bytes, bytes]] = []
     for c in range(spec.chunks):
-        out.extend(v for _, v in encode_columns(chunk_columns(spec, c)))
-    return out[:n]
+        pairs.extend(encode_columns(chunk_columns(spec, c)))
+    return [(offset, key, value) for offset, (key, value) in enumerate(pairs[:n])]
 
 
-# ---- current path (mirrors app/processor/engine.py _process at HEAD) -------------------------
+class CountRejects:
+    """fold_run's Rejects without a DLQ: the prototypes compare windows, not DLQ records."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_invalid(self, offset: int, key: bytes | None, value: bytes | None, error: str) -> None:
+        self.n += 1
+
+    def on_late(self, offset: int, key: bytes | None, value: bytes | None, kind: WindowKind, error: str) -> None:
+        self.n += 1
+
+
+# ---- current path: the processor's own functions -----------------------------------------------
 
 
 def current(
-    values: list[bytes], batch: int, checkpoint_every: int
+    records: list[Record], batch: int, checkpoint_every: int
 ) -> tuple[dict[str, float], dict[Any, list[int]]]:
     store = InMemoryWindowStore(0)
-    ooo = POLICY.max_out_of_orderness_ms
-    lateness = [(k, k.size_ms, POLICY.allowed_lateness_ms(k), k.label) for k in KINDS]
-    wm: int | None = None
-    max_et: int | None = None
-    t = {"decode+classify+fold": 0.0, "store.fold": 0.0, "take_dirty": 0.0, "rows_to_table": 0.0, "ipc": 0.0}
-    dlq = 0
+    rules = FoldRules(POLICY, DEFAULT_MAX_RECORD_BYTES)
+    rejects = CountRejects()
+    at = Position(0, None, None)
+    t = {"decode+classify+fold": 0.0, "store.fold": 0.0, "take_dirty_table": 0.0, "tables_by_kind": 0.0,
+         "ipc": 0.0}
     since = 0
-    for lo in range(0, len(values), batch):
+    for lo in range(0, len(records), batch):
         t0 = time.perf_counter()
-        deltas: dict[Any, list[int]] = {}
-        for value in values[lo : lo + batch]:
-            try:
-                ev = decode_event(value)
-            except InvalidEvent:
-                dlq += 1
-                continue
-            et = ev.event_time
-            for kind, size, allowed, _label in lateness:
-                start = et - et % size
-                if wm is not None and start + size + allowed <= wm:
-                    dlq += 1
-                    continue
-                key = (kind, start, ev.account_id, ev.country)
-                d = deltas.get(key)
-                if d is None:
-                    deltas[key] = [1, ev.amount]
-                else:
-                    d[0] += 1
-                    d[1] += ev.amount
-            if max_et is None or et > max_et:
-                max_et = et
-                wm = et - ooo
+        deltas: dict[WindowKey, list[int]] = {}
+        at = fold_run(records[lo : lo + batch], at, rules, deltas, rejects)
         t1 = time.perf_counter()
         store.fold(deltas)
         t2 = time.perf_counter()
         t["decode+classify+fold"] += t1 - t0
         t["store.fold"] += t2 - t1
         since += batch
-        if since >= checkpoint_every or lo + batch >= len(values):
+        if since >= checkpoint_every or lo + batch >= len(records):
             since = 0
             t3 = time.perf_counter()
-            rows = store.take_dirty()
+            table = store.take_dirty_table()
             t4 = time.perf_counter()
-            by_kind: dict[int, list[Any]] = {}
-            for r in rows:
-                by_kind.setdefault(r.kind, []).append(r)
-            tables = [rows_to_table(rs) for rs in by_kind.values()]
+            tables = tables_by_kind([table])
             t5 = time.perf_counter()
-            for tb in tables:
+            for tb in tables.values():
                 encode(tb)
             t6 = time.perf_counter()
-            t["take_dirty"] += t4 - t3
-            t["rows_to_table"] += t5 - t4
+            t["take_dirty_table"] += t4 - t3
+            t["tables_by_kind"] += t5 - t4
             t["ipc"] += t6 - t5
-    return t, dict(store.items())
+    return t, {k: list(v) for k, v in store.items()}
 
 
 # ---- columnar path -----------------------------------------------------------------------------
 
 
-def decode_columns(values: list[bytes]) -> tuple[np.ndarray, ...]:
+def decode_columns(records: list[Record]) -> tuple[np.ndarray, ...]:
     """(valid mask, account u64, country idx i16, event_time i64, amount i64) for a batch."""
-    n = len(values)
+    n = len(records)
     acc = np.zeros(n, dtype=np.uint64)
     cty = np.zeros(n, dtype=np.int16)
     et = np.zeros(n, dtype=np.int64)
@@ -133,9 +131,9 @@ def decode_columns(values: list[bytes]) -> tuple[np.ndarray, ...]:
     ok = np.ones(n, dtype=bool)
     a_l, c_l, e_l, m_l = [], [], [], []
     ci = COUNTRY_INDEX
-    for i, v in enumerate(values):
+    for i, (_offset, key, value) in enumerate(records):
         try:
-            ev = decode_event(v)
+            ev = decode_record(key, value, DEFAULT_MAX_RECORD_BYTES)
         except InvalidEvent:
             ok[i] = False
             a_l.append(0)
@@ -216,7 +214,7 @@ class ColumnarState:
 
 
 def columnar(
-    values: list[bytes], batch: int, checkpoint_every: int
+    records: list[Record], batch: int, checkpoint_every: int
 ) -> tuple[dict[str, float], dict[Any, list[int]]]:
     state = ColumnarState()
     ooo = POLICY.max_out_of_orderness_ms
@@ -229,9 +227,9 @@ def columnar(
         "ipc": 0.0,
     }
     since = 0
-    for lo in range(0, len(values), batch):
+    for lo in range(0, len(records), batch):
         t0 = time.perf_counter()
-        ok, acc, cty, et, amt = decode_columns(values[lo : lo + batch])
+        ok, acc, cty, et, amt = decode_columns(records[lo : lo + batch])
         t1 = time.perf_counter()
         # watermark before each event: running max of earlier valid event times - ooo
         et_valid = np.where(ok, et, -(2**62))
@@ -258,7 +256,7 @@ def columnar(
         t["classify+aggregate (numpy)"] += t2 - t1
         t["state fold"] += t3 - t2
         since += batch
-        if since >= checkpoint_every or lo + batch >= len(values):
+        if since >= checkpoint_every or lo + batch >= len(records):
             since = 0
             t4 = time.perf_counter()
             tables = state.take_dirty_tables()
@@ -369,7 +367,7 @@ class CheckpointFoldState:
 
 
 def checkpoint_fold(
-    values: list[bytes], batch: int, checkpoint_every: int
+    records: list[Record], batch: int, checkpoint_every: int
 ) -> tuple[dict[str, float], dict[Any, list[int]]]:
     state = CheckpointFoldState()
     ooo = POLICY.max_out_of_orderness_ms
@@ -381,9 +379,9 @@ def checkpoint_fold(
         "ipc": 0.0,
     }
     since = 0
-    for lo in range(0, len(values), batch):
+    for lo in range(0, len(records), batch):
         t0 = time.perf_counter()
-        ok, acc, cty, et, amt = decode_columns(values[lo : lo + batch])
+        ok, acc, cty, et, amt = decode_columns(records[lo : lo + batch])
         t1 = time.perf_counter()
         et_valid = np.where(ok, et, -(2**62))
         run_max = np.maximum.accumulate(np.concatenate([[max_et], et_valid]))[:-1]
@@ -397,7 +395,7 @@ def checkpoint_fold(
         t["decode"] += t1 - t0
         t["classify + pack keys (numpy)"] += t2 - t1
         since += batch
-        if since >= checkpoint_every or lo + batch >= len(values):
+        if since >= checkpoint_every or lo + batch >= len(records):
             since = 0
             t3 = time.perf_counter()
             tables = state.checkpoint()
@@ -426,17 +424,18 @@ def main() -> int:
     )
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    values = make_values(args.events)
-    _, a = current(values, args.batch, args.checkpoint_every)
+    gc.set_threshold(*GC_THRESHOLDS)  # as the processor runs
+    records = make_records(args.events)
+    _, a = current(records, args.batch, args.checkpoint_every)
     for fn in (columnar, checkpoint_fold):
-        _, b = fn(values, args.batch, args.checkpoint_every)
+        _, b = fn(records, args.batch, args.checkpoint_every)
         if a != b:
             diff = sum(1 for k in a if a[k] != b.get(k))
             print(f"MISMATCH in {fn.__name__}: {len(a)} vs {len(b)} windows, {diff} differ", file=sys.stderr)
             return 1
     out: dict[str, Any] = {"events": args.events, "windows": len(a)}
     for name, fn in (("current", current), ("columnar", columnar), ("checkpoint_fold", checkpoint_fold)):
-        runs = [fn(values, args.batch, args.checkpoint_every)[0] for _ in range(args.repeat)]
+        runs = [fn(records, args.batch, args.checkpoint_every)[0] for _ in range(args.repeat)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         total = sum(med.values())
         out[name] = {

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.ledger import backfill as ledger_backfill
+from app.ledger import backfill_runs as ledger_backfill
 from app.ledger.ledger import Ledger
 from app.ledger.rows import WindowRow, rows_to_table
 from app.processor.windows import WindowKind

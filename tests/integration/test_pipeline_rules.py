@@ -214,7 +214,7 @@ def test_two_instances_started_at_once_with_other_rules_only_one_commits(pipelin
 
 
 def _checkpoint(partition: int, generation: int) -> Checkpoint:
-    return Checkpoint(source="live", topic="events", tables={}, dlq_counts={},
+    return Checkpoint(topic="events", tables={}, dlq_counts={},
                       advances=(PartitionAdvance(partition, 0, 10, T0, T0 - 5_000, generation),))
 
 

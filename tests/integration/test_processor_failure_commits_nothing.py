@@ -97,7 +97,7 @@ def test_no_commit_after_an_error(pipeline: Pipeline, signals: None, site: str,
         proc.ledger.write_snapshot_chunk = _fail_once(  # type: ignore[method-assign]
             p, proc, proc.ledger.write_snapshot_chunk, Injected("snapshot"), seen)
     elif site == "backpressure_read":
-        import app.ledger.insert_groups as groups
+        import app.ledger.backlog as groups
         monkeypatch.setattr(groups, "pending_work",
                             _fail_once(p, proc, groups.pending_work, Injected("backlog"), seen, after=2))
     with pytest.raises((Injected, KafkaException, InvariantViolation)):

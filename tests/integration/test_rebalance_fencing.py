@@ -39,7 +39,7 @@ def _ledger_rows(url: str, pid: str) -> dict[str, list[Any]]:
 
 def _cp(advances: list[PartitionAdvance]) -> Checkpoint:
     rows = [WindowRow(0, a.partition, 60, 7, "DE", a.next_offset, 100) for a in advances]
-    return Checkpoint(source="live", topic="events", advances=tuple(advances),
+    return Checkpoint(topic="events", advances=tuple(advances),
                       tables={"rollup_minute": rows_to_table(rows)},
                       dlq_counts={(a.partition, "invalid", ""): 1 for a in advances})
 

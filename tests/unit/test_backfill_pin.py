@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app.backfill.clickhouse import StoredRange
 from app.backfill.compare import diff_table
-from app.ledger.backfill import Pin, PinnedPartition
+from app.ledger.backfill_runs import Pin, PinnedPartition
 from app.ledger.rows import WindowRow
 from app.processor.windows import WindowKind
 

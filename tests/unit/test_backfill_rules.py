@@ -15,7 +15,7 @@ from app.backfill.recompute import PartitionReplay
 from app.backfill.request import BackfillRequest, OffsetRange, iso, select
 from app.backfill.run import check_classification, check_out_of_orderness, rows_by_table
 from app.core.errors import FatalError
-from app.ledger.backfill import Pin, PinnedPartition
+from app.ledger.backfill_runs import Pin, PinnedPartition
 from app.ledger.rows import WindowRow
 from app.processor.windows import LatenessPolicy, WindowKind
 from app.verify.truth import Rules, TruthBuilder

@@ -11,9 +11,7 @@ import pytest
 
 from app.core.errors import InvariantViolation
 from app.ledger.rows import iter_rows, rows_to_table
-from app.processor.leveldb_store import (
-    LevelDBWindowStore,
-    StateSlot,
+from app.processor.leveldb_layout import (
     pack_key,
     pack_value,
     raw_from_table,
@@ -21,6 +19,7 @@ from app.processor.leveldb_store import (
     unpack_key,
     unpack_value,
 )
+from app.processor.leveldb_store import LevelDBWindowStore, StateSlot
 from app.processor.state import InMemoryWindowStore, WindowKey
 from app.processor.windows import LatenessPolicy, WindowKind
 

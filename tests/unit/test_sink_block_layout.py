@@ -12,7 +12,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from app.clickhouse.client import block_layout_settings, insert_settings, legacy_insert_settings
 from app.clickhouse.errors import ClickHouseConfigError, ClickHouseRejected, classify, translate
 from app.core.errors import InvariantViolation, RetryableError
-from app.ledger.insert_groups import BlockLayout, InsertGroup
+from app.ledger.sink_groups import BlockLayout, InsertGroup
 from app.sink.groups import DAY_S, cut_blocks, resolve_layout, split_blocks
 
 T0 = 1_763_596_800  # 2025-11-20T00:00:00Z

@@ -7,7 +7,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from app.ledger.insert_groups import BatchHeader, MemberRows, group_id, group_token, new_group
+from app.ledger.sink_groups import BatchHeader, MemberRows, group_id, group_token, new_group
 from app.ledger.rows import WindowRow, rows_to_table
 from app.sink.groups import GroupPolicy, block_count, group_rows, plan_group, split_blocks
 

@@ -7,25 +7,22 @@ resumes the open group with the same members and the same recorded layout, hence
 rows in the same blocks with the same token, instead of sending blocks ClickHouse could
 not recognise (it deduplicates a block by token and position, not by content).
 
-Also here: the backlog figures the processor's backpressure reads (`pending_work`).
+The backlog figures (what backpressure bounds) are in backlog.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import psycopg
 import pyarrow as pa
 from psycopg.types.json import Jsonb
 
 from app.core.errors import InvariantViolation, RetryableError
 from app.ledger import rows as window_rows
-from app.ledger.ledger import Ledger
-
-_ID_MASK = (1 << 63) - 1  # fits Postgres bigint and ClickHouse UInt64
+from app.ledger.identity import group_id, group_token
+from app.ledger.ledger import Connection, Ledger
 
 
 class GroupConflict(RetryableError):
@@ -80,26 +77,6 @@ class MemberRows:
     rows: pa.Table                     # window rows (app.ledger.rows schema)
 
 
-@dataclass(frozen=True, slots=True)
-class PendingWork:
-    """Unacknowledged work in the ledger: what backpressure bounds."""
-
-    rows: int
-    payload_bytes: int
-    oldest_age_s: float                # 0 when nothing is pending
-
-
-def group_id(pipeline_id: str, table: str, member_batch_ids: Sequence[int]) -> int:
-    """Deterministic: the same members (in the same order) always give the same id."""
-    text = f"{pipeline_id}|{table}|" + ",".join(str(b) for b in member_batch_ids)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") & _ID_MASK
-
-
-def group_token(pipeline_id: str, gid: int) -> str:
-    """The ClickHouse insert_deduplication_token of a group (blocks get _0, _1, ... on top)."""
-    return f"{pipeline_id}:g{gid}"
-
-
 def new_group(pipeline_id: str, table: str, members: Sequence[BatchHeader], reason: str,
               layout: BlockLayout | None = None) -> InsertGroup:
     ids = tuple(m.batch_id for m in members)
@@ -115,7 +92,7 @@ def open_groups(ledger: Ledger, limit: int = 1) -> list[InsertGroup]:
     member is pending again (an operator reset a batch: the whole group is re-sent)."""
     # Two index-driven halves, not one OR: sink_group grows by one row per insert forever,
     # while both the pending groups and the pending batches are few.
-    def tx(conn: psycopg.Connection[Any]) -> list[InsertGroup]:
+    def tx(conn: Connection) -> list[InsertGroup]:
         return [_group(r) for r in conn.execute(
             f"""SELECT {_GROUP_COLUMNS}, seq
                FROM sink_group WHERE pipeline_id = %(p)s AND status = 'pending'
@@ -126,47 +103,33 @@ def open_groups(ledger: Ledger, limit: int = 1) -> list[InsertGroup]:
                      SELECT b.group_id FROM sink_batch b
                      WHERE b.pipeline_id = %(p)s AND b.status = 'pending' AND b.group_id IS NOT NULL)
                ORDER BY seq LIMIT %(n)s""", {"p": ledger.pipeline_id, "n": limit})]
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def ungrouped_batches(ledger: Ledger, limit: int) -> list[BatchHeader]:
     """Pending batches in no group yet, in checkpoint order (headers only)."""
-    def tx(conn: psycopg.Connection[Any]) -> list[BatchHeader]:
+    def tx(conn: Connection) -> list[BatchHeader]:
         return [BatchHeader(int(r[0]), int(r[1]), r[2], int(r[3]), float(r[4])) for r in conn.execute(
             """SELECT batch_id, checkpoint_id, table_name, row_count,
                       extract(epoch FROM now() - created_at)::float8
                FROM sink_batch
                WHERE pipeline_id = %s AND status = 'pending' AND group_id IS NULL
                ORDER BY checkpoint_id, table_name LIMIT %s""", (ledger.pipeline_id, limit))]
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def load_members(ledger: Ledger, group: InsertGroup) -> list[MemberRows]:
     """The members' stored rows, in the group's member order."""
-    def tx(conn: psycopg.Connection[Any]) -> dict[int, tuple[int, bytes]]:
+    def tx(conn: Connection) -> dict[int, tuple[int, bytes]]:
         return {int(r[0]): (int(r[1]), bytes(r[2])) for r in conn.execute(
             """SELECT batch_id, checkpoint_id, payload FROM sink_batch
                WHERE pipeline_id = %s AND batch_id = ANY(%s) AND payload IS NOT NULL""",
             (ledger.pipeline_id, list(group.member_batch_ids)))}
-    found = ledger._run(tx)
+    found = ledger.transaction(tx)
     missing = [b for b in group.member_batch_ids if b not in found]
     if missing:
         raise InvariantViolation(f"group {group.group_id}: member batches {missing} have no payload")
     return [MemberRows(b, found[b][0], window_rows.decode(found[b][1])) for b in group.member_batch_ids]
-
-
-def pending_work(ledger: Ledger) -> PendingWork:
-    """Rows, payload bytes and age of the oldest batch not yet acknowledged. octet_length
-    of an out-of-line bytea reads its TOAST pointer only, so this stays cheap."""
-    def tx(conn: psycopg.Connection[Any]) -> PendingWork:
-        row = conn.execute(
-            """SELECT coalesce(sum(row_count), 0), coalesce(sum(octet_length(payload)), 0),
-                      coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-               FROM sink_batch WHERE pipeline_id = %s AND status = 'pending'""",
-            (ledger.pipeline_id,)).fetchone()
-        assert row is not None
-        return PendingWork(int(row[0]), int(row[1]), float(row[2]))
-    return ledger._run(tx)  # type: ignore[no-any-return]
 
 
 # ---- writes ---------------------------------------------------------------
@@ -183,7 +146,7 @@ def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
         raise InvariantViolation(f"group {group.group_id}: a group is recorded with its block layout")
     layout = group.layout
 
-    def tx(conn: psycopg.Connection[Any]) -> InsertGroup:
+    def tx(conn: Connection) -> InsertGroup:
         row = conn.execute(
             """INSERT INTO sink_group AS g (pipeline_id, group_id, table_name, token, member_batch_ids,
                                             row_count, reason, insert_block_rows, block_cut, insert_settings)
@@ -206,13 +169,13 @@ def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
             raise GroupConflict(f"group {group.group_id}: {len(group.member_batch_ids) - joined} of "
                                 f"{len(group.member_batch_ids)} members already grouped or acknowledged")
         return replace(group, layout=_layout(row))
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def adopt_layout(ledger: Ledger, group: InsertGroup, layout: BlockLayout) -> InsertGroup:
     """Give a group recorded before migration 0006 its layout, once: if another sink
     recorded one first, that one is kept and returned."""
-    def tx(conn: psycopg.Connection[Any]) -> InsertGroup:
+    def tx(conn: Connection) -> InsertGroup:
         conn.execute(
             """UPDATE sink_group SET insert_block_rows = %s, block_cut = %s, insert_settings = %s
                WHERE pipeline_id = %s AND group_id = %s AND insert_block_rows IS NULL""",
@@ -223,29 +186,29 @@ def adopt_layout(ledger: Ledger, group: InsertGroup, layout: BlockLayout) -> Ins
         if row is None or row[0] is None:
             raise InvariantViolation(f"group {group.group_id} vanished from the ledger while resuming it")
         return replace(group, layout=_layout(row))
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def record_group_attempt(ledger: Ledger, group: InsertGroup) -> None:
     """Counted before each insert, on the group and its members, so replays are visible."""
-    def tx(conn: psycopg.Connection[Any]) -> None:
+    def tx(conn: Connection) -> None:
         conn.execute("""UPDATE sink_group SET insert_attempts = insert_attempts + 1
                         WHERE pipeline_id = %s AND group_id = %s""", (ledger.pipeline_id, group.group_id))
         conn.execute("""UPDATE sink_batch SET insert_attempts = insert_attempts + 1
                         WHERE pipeline_id = %s AND batch_id = ANY(%s)""",
                      (ledger.pipeline_id, list(group.member_batch_ids)))
-    ledger._run(tx)
+    ledger.transaction(tx)
 
 
 def acknowledge_group(ledger: Ledger, group: InsertGroup) -> None:
     """After a successful insert, one transaction: the group and all its members acked."""
-    def tx(conn: psycopg.Connection[Any]) -> None:
+    def tx(conn: Connection) -> None:
         conn.execute("""UPDATE sink_group SET status = 'acked', acked_at = now()
                         WHERE pipeline_id = %s AND group_id = %s""", (ledger.pipeline_id, group.group_id))
         conn.execute("""UPDATE sink_batch SET status = 'acked', acked_at = now()
                         WHERE pipeline_id = %s AND batch_id = ANY(%s) AND status = 'pending'""",
                      (ledger.pipeline_id, list(group.member_batch_ids)))
-    ledger._run(tx)
+    ledger.transaction(tx)
 
 
 _GROUP_COLUMNS: Final = ("group_id, table_name, token, member_batch_ids, row_count, reason, insert_attempts, "

@@ -13,15 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg.types.json import Jsonb
 
 from app.core.errors import InvariantViolation
-from app.ledger import rows as window_rows
+from app.ledger.batches import column_sum, insert_sink_batch
 from app.ledger.identity import batch_id as make_batch_id
-from app.ledger.ledger import Ledger
+from app.ledger.ledger import Connection, Ledger, single_row
 
 SOURCE = "backfill"
 PLANNED = "planned"
@@ -93,7 +91,7 @@ class BackfillRun:
         return self.status == LANDED
 
 
-def _positions(conn: psycopg.Connection[Any], ledger: Ledger) -> tuple[PinnedPartition, ...]:
+def _positions(conn: Connection, ledger: Ledger) -> tuple[PinnedPartition, ...]:
     """Every partition's position, watermark and DLQ counts. Call it inside a REPEATABLE READ
     transaction: the live processor commits them together, so one snapshot sees them agree."""
     dlq: dict[int, dict[DlqKey, int]] = {}
@@ -112,15 +110,15 @@ def _positions(conn: psycopg.Connection[Any], ledger: Ledger) -> tuple[PinnedPar
 def read_pin(ledger: Ledger, *, above_version: int = 0) -> Pin:
     """A pin without a version, for a dry run: what a run started now would pin. Its
     `covers_below` is the version such a run would get (approximately: nothing is locked)."""
-    def tx(conn: psycopg.Connection[Any]) -> Pin:
+    def tx(conn: Connection) -> Pin:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         parts = _positions(conn, ledger)
         return Pin(parts, max(_last_id(conn), above_version) + 1)
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def latest_run(ledger: Ledger, request: str) -> BackfillRun | None:
-    def tx(conn: psycopg.Connection[Any]) -> BackfillRun | None:
+    def tx(conn: Connection) -> BackfillRun | None:
         row = conn.execute(
             """SELECT run_no, checkpoint_id, pin, status FROM backfill_run
                WHERE pipeline_id = %s AND request = %s ORDER BY run_no DESC LIMIT 1""",
@@ -128,7 +126,7 @@ def latest_run(ledger: Ledger, request: str) -> BackfillRun | None:
         if row is None:
             return None
         return BackfillRun(request, int(row[0]), int(row[1]), Pin.from_json(row[2]), str(row[3]))
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def start_run(ledger: Ledger, request: str, *, above_version: int = 0) -> BackfillRun:
@@ -150,7 +148,7 @@ def start_run(ledger: Ledger, request: str, *, above_version: int = 0) -> Backfi
     5. insert the run row with the pin, so a rerun after a crash resumes with the same
        input positions, version and batch ids.
     """
-    def tx(conn: psycopg.Connection[Any]) -> BackfillRun:
+    def tx(conn: Connection) -> BackfillRun:
         # 1.
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute("LOCK TABLE ledger_checkpoint IN SHARE ROW EXCLUSIVE MODE")
@@ -165,21 +163,21 @@ def start_run(ledger: Ledger, request: str, *, above_version: int = 0) -> Backfi
                    WHERE %s > coalesce(pg_sequence_last_value(q.s::regclass), 0)""",
                 (above_version, above_version))
         # 4. (records: set when the run lands, once the replay has counted them)
-        (checkpoint_id,) = conn.execute(
+        (checkpoint_id,) = single_row(conn.execute(
             """INSERT INTO ledger_checkpoint (pipeline_id, source, topic, partitions, records)
                VALUES (%s, %s, %s, %s, 0) RETURNING checkpoint_id""",
-            (ledger.pipeline_id, SOURCE, ledger.topic, [p.partition for p in parts])).fetchone()  # type: ignore[misc]
+            (ledger.pipeline_id, SOURCE, ledger.topic, [p.partition for p in parts])))
         pin = Pin(parts, int(checkpoint_id))
         # 5.
-        (run_no,) = conn.execute(
+        (run_no,) = single_row(conn.execute(
             """SELECT coalesce(max(run_no), 0) + 1 FROM backfill_run
-               WHERE pipeline_id = %s AND request = %s""", (ledger.pipeline_id, request)).fetchone()  # type: ignore[misc]
+               WHERE pipeline_id = %s AND request = %s""", (ledger.pipeline_id, request)))
         conn.execute(
             """INSERT INTO backfill_run (pipeline_id, request, run_no, topic, checkpoint_id, pin)
                VALUES (%s, %s, %s, %s, %s, %s)""",
             (ledger.pipeline_id, request, run_no, ledger.topic, checkpoint_id, Jsonb(pin.to_json())))
         return BackfillRun(request, int(run_no), int(checkpoint_id), pin, PLANNED)
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def batch_scope(run: BackfillRun, chunk: int) -> str:
@@ -197,19 +195,12 @@ def commit_batch(ledger: Ledger, run: BackfillRun, table_name: str, chunk: int, 
     """
     bid = make_batch_id(ledger.pipeline_id, SOURCE, ledger.topic, table_name, offset_ranges,
                         batch_scope(run, chunk))
-    events, amount = _sum(rows, "event_count"), _sum(rows, "sum_amount")
+    events, amount = column_sum(rows, "event_count"), column_sum(rows, "sum_amount")
 
-    def tx(conn: psycopg.Connection[Any]) -> bool:
-        inserted = conn.execute(
-            """INSERT INTO sink_batch (pipeline_id, batch_id, checkpoint_id, table_name, source, topic,
-                 partitions, offset_ranges, row_count, total_events, total_amount, payload)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (pipeline_id, batch_id) DO NOTHING""",
-            (ledger.pipeline_id, bid, run.checkpoint_id, table_name, SOURCE, ledger.topic,
-             sorted(set(rows.column("partition").to_pylist())),
-             Jsonb([[p, a, b] for p, (a, b) in sorted(offset_ranges.items())]),
-             rows.num_rows, events, amount, window_rows.encode(rows))).rowcount
-        if inserted:
+    def tx(conn: Connection) -> bool:
+        if insert_sink_batch(conn, pipeline_id=ledger.pipeline_id, batch_id=bid, checkpoint_id=run.checkpoint_id,
+                             table_name=table_name, source=SOURCE, topic=ledger.topic, rows=rows,
+                             offset_ranges=offset_ranges):
             return True
         row = conn.execute(
             """SELECT checkpoint_id, row_count, total_events, total_amount FROM sink_batch
@@ -221,12 +212,12 @@ def commit_batch(ledger: Ledger, run: BackfillRun, table_name: str, chunk: int, 
                 f"backfill batch {bid} (run {run.run_no}, chunk {chunk}) was committed with other rows: "
                 f"{row[1]} rows / {row[2]} events before, {rows.num_rows} / {events} now")
         return False
-    return bid, ledger._run(tx)
+    return bid, ledger.transaction(tx)
 
 
 def finish_run(ledger: Ledger, run: BackfillRun, *, records: int, windows: int, batches: int,
                deleted_keys: int | None) -> None:
-    def tx(conn: psycopg.Connection[Any]) -> None:
+    def tx(conn: Connection) -> None:
         conn.execute(
             """UPDATE backfill_run SET status = %s, windows = %s, batches = %s, deleted_keys = %s,
                  finished_at = now()
@@ -234,14 +225,14 @@ def finish_run(ledger: Ledger, run: BackfillRun, *, records: int, windows: int, 
             (LANDED, windows, batches, deleted_keys, ledger.pipeline_id, run.request, run.run_no))
         conn.execute("UPDATE ledger_checkpoint SET records = %s WHERE checkpoint_id = %s",
                      (records, run.checkpoint_id))
-    ledger._run(tx)
+    ledger.transaction(tx)
 
 
 def abandon_run(ledger: Ledger, run: BackfillRun) -> bool:
     """Forget a run that committed no batch (it was refused, or found nothing to land): its
     run row and its checkpoint go, so the next run of the request starts afresh. A run with
     a batch is kept (the sink may have delivered it); returns whether it was forgotten."""
-    def tx(conn: psycopg.Connection[Any]) -> bool:
+    def tx(conn: Connection) -> bool:
         if conn.execute("SELECT 1 FROM sink_batch WHERE pipeline_id = %s AND checkpoint_id = %s LIMIT 1",
                         (ledger.pipeline_id, run.checkpoint_id)).fetchone() is not None:
             return False
@@ -250,29 +241,26 @@ def abandon_run(ledger: Ledger, run: BackfillRun) -> bool:
         conn.execute("DELETE FROM ledger_checkpoint WHERE checkpoint_id = %s AND source = %s",
                      (run.checkpoint_id, SOURCE))
         return True
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
 
 def last_version(ledger: Ledger) -> int:
     """The highest checkpoint id of the database (the id sequence is shared by every
     pipeline): a stored version above it was not written through this ledger."""
-    return ledger._run(_last_id)  # type: ignore[no-any-return]
+    return ledger.transaction(_last_id)
 
 
-def _last_id(conn: psycopg.Connection[Any]) -> int:
-    (n,) = conn.execute("SELECT coalesce(max(checkpoint_id), 0) FROM ledger_checkpoint").fetchone()  # type: ignore[misc]
+def _last_id(conn: Connection) -> int:
+    (n,) = single_row(conn.execute("SELECT coalesce(max(checkpoint_id), 0) FROM ledger_checkpoint"))
     return int(n)
 
 
 def max_live_checkpoint(ledger: Ledger) -> int:
     """The highest checkpoint id of this pipeline (reporting only)."""
-    def tx(conn: psycopg.Connection[Any]) -> int:
-        (n,) = conn.execute("SELECT coalesce(max(checkpoint_id), 0) FROM ledger_checkpoint WHERE pipeline_id = %s",
-                            (ledger.pipeline_id,)).fetchone()  # type: ignore[misc]
+    def tx(conn: Connection) -> int:
+        (n,) = single_row(conn.execute(
+            "SELECT coalesce(max(checkpoint_id), 0) FROM ledger_checkpoint WHERE pipeline_id = %s",
+            (ledger.pipeline_id,)))
         return int(n)
-    return ledger._run(tx)  # type: ignore[no-any-return]
+    return ledger.transaction(tx)
 
-
-def _sum(table: pa.Table, column: str) -> int:
-    value = pc.sum(table.column(column)).as_py() if table.num_rows else 0
-    return int(value or 0)

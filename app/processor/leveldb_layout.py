@@ -1,0 +1,117 @@
+"""How window state is laid out in LevelDB, and the conversions between that layout and
+window rows (Arrow tables, numpy structured arrays: no per-row Python ints).
+
+    key   15 bytes  >B I Q 2s   kind, window_start (epoch s), account_id, country
+    value 24 bytes  <Q Q q      event_count, sum_amount as Int128 (low 64 bits, high 64 bits)
+    b"\\xff"         JSON meta   {"state": "committed"|"prepared", "checkpoint": ref, ...}
+
+Keys sort by (kind, window_start) first, so every final window of a kind is one key range
+at the front. The value is the little-endian two's-complement Int128 that Arrow's
+decimal128 uses, so sums are exact for the whole ClickHouse Int128 range.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+
+from app.core.errors import InvariantViolation
+from app.ledger.rows import WINDOW_ROW_SCHEMA
+from app.processor.batch import columns_table
+from app.processor.windows import WindowKey
+
+KEY: Final = struct.Struct(">BIQ2s")
+PREFIX: Final = struct.Struct(">BI")
+VALUE: Final = struct.Struct("<QQq")
+_M64: Final = (1 << 64) - 1
+MAX_START_S: Final = (1 << 32) - 1
+META_KEY: Final = b"\xff"  # after every window key (kinds are 0 and 1)
+
+_KEY_DTYPE: Final = np.dtype([("kind", "u1"), ("start", ">u4"), ("account", ">u8"), ("country", "S2")])
+VALUE_DTYPE: Final = np.dtype([("count", "<u8"), ("lo", "<u8"), ("hi", "<i8")])
+_SUM_DTYPE: Final = np.dtype([("lo", "<u8"), ("hi", "<i8")])
+assert _KEY_DTYPE.itemsize == KEY.size and VALUE_DTYPE.itemsize == VALUE.size
+
+
+def pack_key(key: WindowKey) -> bytes:
+    kind, start_ms, account, country = key
+    return KEY.pack(kind, start_ms // 1000, account, country.encode("ascii"))
+
+
+def unpack_key(raw: bytes) -> WindowKey:
+    kind, start_s, account, country = KEY.unpack(raw)
+    return (kind, start_s * 1000, account, country.decode("ascii"))
+
+
+def pack_value(count: int, amount: int) -> bytes:
+    try:
+        return VALUE.pack(count, amount & _M64, amount >> 64)
+    except struct.error as e:
+        raise InvariantViolation(f"window value out of range (count {count}, sum beyond Int128): {e}") from e
+
+
+def unpack_value(raw: bytes) -> tuple[int, int]:
+    count, lo, hi = VALUE.unpack(raw)
+    return count, (hi << 64) | lo
+
+
+# ---- columnar conversion (numpy, no per-row Python ints) -------------------
+
+
+def table_from_raw(partition: int, keys: list[bytes], values: list[bytes]) -> pa.Table:
+    """LevelDB entries -> window rows (WINDOW_ROW_SCHEMA)."""
+    n = len(keys)
+    k = np.frombuffer(b"".join(keys), dtype=_KEY_DTYPE)
+    v = np.frombuffer(b"".join(values), dtype=VALUE_DTYPE)
+    if len(v) != n:
+        raise InvariantViolation("LevelDB state holds a value of the wrong size")
+    sums = np.empty(n, dtype=_SUM_DTYPE)
+    sums["lo"], sums["hi"] = v["lo"], v["hi"]
+    countries = pa.StringArray.from_buffers(
+        n, pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32).tobytes()),
+        pa.py_buffer(np.ascontiguousarray(k["country"]).tobytes()))
+    return pa.Table.from_arrays([
+        pa.array(k["kind"].astype(np.int8)),
+        pa.array(np.full(n, partition, dtype=np.int32)),
+        pa.array(k["start"].astype(np.int64)),
+        pa.array(k["account"].astype(np.uint64)),
+        countries,
+        pa.array(v["count"].astype(np.uint64)),
+        pa.Array.from_buffers(pa.decimal128(38, 0), n, [None, pa.py_buffer(sums.tobytes())]),
+    ], schema=WINDOW_ROW_SCHEMA)
+
+
+def table_from_packed(partition: int, keys: bytes, counts: list[int], sums: list[int]) -> pa.Table:
+    """Packed keys (joined) + Python-int values -> window rows, in key order."""
+    k = np.frombuffer(keys, dtype=_KEY_DTYPE)
+    n = len(k)
+    if n == 0:
+        return WINDOW_ROW_SCHEMA.empty_table()
+    countries = pa.StringArray.from_buffers(
+        n, pa.py_buffer(np.arange(0, 2 * n + 1, 2, dtype=np.int32).tobytes()),
+        pa.py_buffer(np.ascontiguousarray(k["country"]).tobytes()))
+    return columns_table(partition, k["kind"], k["start"], k["account"], countries, counts, sums)
+
+
+def raw_from_table(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Window rows -> packed keys and values (structured arrays of KEY / VALUE layout)."""
+    n = table.num_rows
+    keys = np.empty(n, dtype=_KEY_DTYPE)
+    keys["kind"] = table.column("kind").to_numpy()
+    keys["start"] = table.column("window_start").to_numpy()
+    keys["account"] = table.column("account_id").to_numpy()
+    country = table.column("country").combine_chunks()
+    offsets = np.frombuffer(country.buffers()[1], dtype=np.int32)[country.offset:country.offset + n + 1]
+    if country.null_count or not np.all(np.diff(offsets) == 2):
+        raise InvariantViolation("window rows with a country that is not two ASCII letters")
+    data = np.frombuffer(country.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    keys["country"] = data.view("S2")
+    values = np.empty(n, dtype=VALUE_DTYPE)
+    values["count"] = table.column("event_count").to_numpy()
+    sums = table.column("sum_amount").combine_chunks()
+    raw_sums = np.frombuffer(sums.buffers()[1], dtype=_SUM_DTYPE)[sums.offset:sums.offset + n]
+    values["lo"], values["hi"] = raw_sums["lo"], raw_sums["hi"]
+    return keys, values
