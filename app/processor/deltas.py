@@ -76,6 +76,12 @@ class Keys:
         return ((self.account == other.account) & (self.start_s == other.start_s) & (self.kind == other.kind)
                 & (self.country == other.country))
 
+    def last_of_each(self) -> np.ndarray:
+        """Row numbers of the last occurrence of each distinct key."""
+        order = np.lexsort((np.arange(len(self)), self.country, self.account, self.start_s, self.kind))
+        k = self.take(order)
+        return order[np.append(~k.take(np.s_[1:]).same_as(k.take(np.s_[:-1])), True)]
+
     @staticmethod
     def concat(parts: list[Keys]) -> Keys:
         if len(parts) == 1:

@@ -105,6 +105,10 @@ class LevelDBWindowStore(ColumnarWindowStore):
         self._cached_after = [-1] * len(KINDS)
         self._ref: str | None = None
         self._next_offset = 0
+        # rows loaded by a restore, for the cache (None: more than it holds)
+        self._restored: list[tuple[Keys, Values]] | None = []
+        self._restored_rows = 0
+        self._open_before_restore = False  # the store held windows before the rows loaded
         self._db = self._open_db()
         self._read_meta()
 
@@ -132,6 +136,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
             self._ref = None
             self._recount = raw is not None
         self._cached_after = self._last_starts()  # what is on disk now is not in the cache
+        self._open_before_restore = max(self._cached_after) >= 0
 
     def _last_starts(self) -> list[int]:
         """Per kind, the latest window start on disk (-1: none)."""
@@ -170,6 +175,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
         self._pending = []
         self._windows, self._recount, self._final_from = [0] * len(KINDS), False, [0] * len(KINDS)
         self._cached_after = [-1] * len(KINDS)
+        self._restored, self._restored_rows, self._open_before_restore = [], 0, False
         self._ref = None
         self._db = self._open_db()
 
@@ -194,7 +200,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
         keys = Keys.concat([k for k, _ in parts]) if parts else Keys.empty()
         values = Values.concat([v for _, v in parts]) if parts else Values.zeros(0)
         if len(parts) > 1:  # a checkpoint that neither committed nor aborted: the latest value wins
-            keep = _last_of_each(keys)
+            keep = keys.last_of_each()
             keys, values = keys.take(keep), values.take(keep)
         packed_keys, packed_values = pack_columns(keys, values)
         with self._db.write_batch() as wb:
@@ -205,6 +211,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
         self._ref = None  # ahead of the ledger until commit() says otherwise
 
     def commit(self, ref: str, next_offset: int) -> None:
+        self._settle()
         self._db.put(META_KEY, self._meta("committed", ref, next_offset))
         self._ref, self._next_offset = ref, next_offset
         self._pending = []
@@ -219,6 +226,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
         self._open.clear()
 
     def drop_final(self, policy: LatenessPolicy, watermark_ms: int | None) -> int:
+        self._settle()
         stops = self.final_stops(policy, watermark_ms)
         guarded = self._guarded(True)
         final = self._open.final_mask(stops, guarded)
@@ -279,7 +287,8 @@ class LevelDBWindowStore(ColumnarWindowStore):
         return pa.concat_tables(tables) if tables else WINDOW_ROW_SCHEMA.empty_table()
 
     def load_table(self, table: pa.Table) -> None:
-        """Restore: these rows' values on disk (and in the cache while it has room)."""
+        """Restore: these rows' values on disk; kept for the cache too while they fit in it
+        (moved there in one piece by `_settle`, later rows overwriting earlier ones)."""
         if table.num_rows == 0:
             return
         keys, values = table_columns(table)
@@ -289,19 +298,32 @@ class LevelDBWindowStore(ColumnarWindowStore):
             for k, v in zip(packed_keys, packed_values, strict=True):
                 put(k, v)
         self._recount = True
-        if len(self._open) + len(keys) <= self.options.cache_windows:
-            self._open.assign(keys, values)
-        else:
-            self._forget_cache()
-            for kind in KINDS:
-                starts = keys.start_s[keys.kind == kind]
-                if starts.size:
-                    self._cached_after[kind] = max(self._cached_after[kind], int(starts.max()))
+        if self._restored is not None and self._restored_rows + len(keys) <= self.options.cache_windows:
+            self._restored.append((keys, values))
+            self._restored_rows += len(keys)
+            return
+        self._restored, self._restored_rows = None, 0  # more than the cache holds: on disk only
+        self._forget_cache()
+        self._cached_after = self._last_starts()
+
+    def _settle(self) -> None:
+        """After a restore: the loaded rows into the cache at once."""
+        if self._restored:
+            keys = Keys.concat([k for k, _ in self._restored])
+            self._open.assign(keys, Values.concat([v for _, v in self._restored]))
+            if self._recount and not self._open_before_restore:
+                self._windows, self._recount = self._open.counts(len(KINDS)), False
+        self._restored, self._restored_rows, self._open_before_restore = [], 0, True
+
+    def _take(self) -> tuple[Keys, Values]:
+        self._settle()
+        return super()._take()
 
     def load(self, rows: Iterable[WindowRow]) -> None:
         self.load_table(rows_to_table(rows))
 
     def open_windows(self) -> dict[str, int]:
+        self._settle()
         counts = self._counts()
         return {k.label: counts[k] for k in KINDS}
 
@@ -313,15 +335,8 @@ class LevelDBWindowStore(ColumnarWindowStore):
     def close(self) -> None:
         if not self._db.closed:
             self._db.close()
+        self._restored, self._restored_rows = [], 0
         self._open.clear()
         self.deltas.clear()
         self._pending = []
-
-
-def _last_of_each(keys: Keys) -> np.ndarray:
-    """Row numbers of the last occurrence of each distinct key."""
-    order = np.lexsort((np.arange(len(keys)), keys.country, keys.account, keys.start_s, keys.kind))
-    k = keys.take(order)
-    last = np.append(~k.take(np.s_[1:]).same_as(k.take(np.s_[:-1])), True)
-    return order[last]
 
