@@ -147,38 +147,43 @@ def decode_run(keys: Sequence[bytes | None], values: Sequence[bytes | None], max
     accounts = list(map(_account_of, events))
     if not all(map(bytes.isascii, todo_values if not failed else [values[i] for i in rows])):  # type: ignore[arg-type]
         unclear.update(i for i in rows if not values[i].isascii())  # type: ignore[union-attr]
-    if keys_of(keys, rows) != [b"%d" % a for a in accounts]:
-        unclear.update(i for i, a in zip(rows, accounts, strict=True) if keys[i] != b"%d" % a)
+    expected = [b"%d" % a for a in accounts]
+    given = keys_of(keys, rows)
+    if given != expected:
+        unclear.update(i for i, k, e in zip(rows, given, expected, strict=True) if k != e)
     if accounts and max(accounts) >= _UINT64_END:
         unclear.update(i for i, a in zip(rows, accounts, strict=True) if a >= _UINT64_END)
+        accounts = [a if a < _UINT64_END else 0 for a in accounts]  # invalid: decided below
+    row_idx = np.array(rows, dtype=np.int64)
+    account = np.array(accounts, dtype=np.uint64)
+    country = _countries(events)
+    event_time = np.array(list(map(_time_of, events)), dtype=np.int64)
+    amount = np.array(list(map(_amount_of, events)), dtype=np.int64)
     errors: dict[int, str] = {}
     if unclear:
-        by_row = dict(zip(rows, events, strict=True))
+        rescued: list[tuple[int, Event]] = []
         for i in sorted(unclear):  # the deciding path, one record at a time (rare)
             try:
-                by_row[i] = decode_record(keys[i], values[i], max_record_bytes)
+                rescued.append((i, decode_record(keys[i], values[i], max_record_bytes)))
             except InvalidEvent as e:
                 errors[i] = str(e)
-                by_row.pop(i, None)
-        rows = sorted(by_row)
-        events = [by_row[i] for i in rows]
-        accounts = list(map(_account_of, events))
-    if len(rows) == n:
-        return DecodedRun(np.ones(n, dtype=bool), np.array(accounts, dtype=np.uint64), _countries(events),
-                          np.array(list(map(_time_of, events)), dtype=np.int64),
-                          np.array(list(map(_amount_of, events)), dtype=np.int64), errors)
-    idx = np.array(rows, dtype=np.int64)
+        keep = ~np.isin(row_idx, np.fromiter(unclear, np.int64, len(unclear)))
+        extra = [e for _, e in rescued]
+        row_idx = np.concatenate([row_idx[keep], np.array([i for i, _ in rescued], dtype=np.int64)])
+        account = np.concatenate([account[keep], np.array(list(map(_account_of, extra)), dtype=np.uint64)])
+        country = np.concatenate([country[keep], _countries(extra)])
+        event_time = np.concatenate([event_time[keep], np.array(list(map(_time_of, extra)), dtype=np.int64)])
+        amount = np.concatenate([amount[keep], np.array(list(map(_amount_of, extra)), dtype=np.int64)])
+    if not unclear and row_idx.size == n:  # every record valid, in order
+        return DecodedRun(np.ones(n, dtype=bool), account, country, event_time, amount, errors)
+    columns = []
+    for col in (account, country, event_time, amount):
+        full = np.zeros(n, dtype=col.dtype)
+        full[row_idx] = col
+        columns.append(full)
     valid = np.zeros(n, dtype=bool)
-    account = np.zeros(n, dtype=np.uint64)
-    country = np.zeros(n, dtype=np.uint16)
-    event_time = np.zeros(n, dtype=np.int64)
-    amount = np.zeros(n, dtype=np.int64)
-    valid[idx] = True
-    account[idx] = np.array(accounts, dtype=np.uint64)
-    country[idx] = _countries(events)
-    event_time[idx] = np.array(list(map(_time_of, events)), dtype=np.int64)
-    amount[idx] = np.array(list(map(_amount_of, events)), dtype=np.int64)
-    return DecodedRun(valid, account, country, event_time, amount, errors)
+    valid[row_idx] = True
+    return DecodedRun(valid, *columns, errors)
 
 
 _FAILED: Final = object()
