@@ -33,6 +33,9 @@ LETTERS: Final = np.array([[65 + c // 26, 65 + c % 26] for c in range(COUNTRY_CO
 COUNTRY_OF: Final = tuple(sorted(CODE_OF, key=CODE_OF.__getitem__))
 
 
+_COMPACT_SEED: Final = 0xC0FFEE
+
+
 class HashCollision(Exception):
     """Two different window keys share a hash under the current seed: reseed and retry."""
 
@@ -240,6 +243,15 @@ class WindowDeltas:
         g = group(Keys.concat(self._keys), Values.concat(self._values), seed)
         self._keys, self._values = [g.keys], [g.values]  # compacted: a retry or a later add reuses it
         return g
+
+    def distinct(self) -> int:
+        """Group what was added so far (the checkpoint reuses it) and count the windows."""
+        try:
+            g = self.grouped(_COMPACT_SEED)
+        except HashCollision:
+            return self.rows  # an upper bound will do
+        self.rows = 0 if g is None else len(g)
+        return self.rows
 
     def clear(self) -> None:
         self._keys, self._values = [], []
