@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import LiteralString
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -119,12 +120,37 @@ def restore_partitions(ledger: Ledger, partitions: Sequence[int]) -> Iterator[tu
                              AND partition = %s AND checkpoint_id = %s AND chunk = %s""",
                 (pipeline_id, topic, p, cp, chunk),
                 f"snapshot of partition {p} at checkpoint {cp} lacks chunk {chunk}")), p)
-    for batch, cp, parts in batches:
-        mine = [p for p in parts if p in since and cp > since[p]]
-        if not mine:
-            continue
-        table = window_rows.decode(_payload(
-            ledger, "SELECT payload FROM sink_batch WHERE pipeline_id = %s AND batch_id = %s",
-            (pipeline_id, batch), f"batch {batch} has no payload: the partition's state cannot be restored"))
-        for p in mine:
-            yield p, _rows_of(table, p)
+    todo = [(b, [p for p in parts if p in since and cp > since[p]]) for b, cp, parts in batches]
+    todo = [(b, mine) for b, mine in todo if mine]
+    for i in range(0, len(todo), _BATCHES_PER_READ):  # a few payloads per round trip
+        group = todo[i:i + _BATCHES_PER_READ]
+        payloads = _payloads(ledger, [b for b, _ in group])
+        for batch, mine in group:
+            yield from _split(window_rows.decode(payloads[batch]), mine)
+
+
+_BATCHES_PER_READ = 8
+
+
+def _split(table: pa.Table, partitions: list[int]) -> Iterator[tuple[int, pa.Table]]:
+    """The rows of each of `partitions`, in table order: one sort of the partition column
+    instead of one filter of the whole table per partition."""
+    column = table.column("partition").to_numpy()
+    order = np.argsort(column, kind="stable")
+    ordered = column[order]
+    for p in partitions:
+        lo, hi = np.searchsorted(ordered, [p, p + 1])
+        yield p, table.take(pa.array(order[lo:hi]))
+
+
+def _payloads(ledger: Ledger, batch_ids: list[int]) -> dict[int, bytes]:
+    """Several batches' payloads in one transaction (the plan named them; payloads never change)."""
+    def tx(conn: Connection) -> dict[int, bytes]:
+        rows = conn.execute("SELECT batch_id, payload FROM sink_batch WHERE pipeline_id = %s AND batch_id = ANY(%s)",
+                            (ledger.pipeline_id, batch_ids)).fetchall()
+        return {int(b): bytes(payload) for b, payload in rows if payload is not None}
+    got = ledger.transaction(tx)
+    for b in batch_ids:
+        if b not in got:
+            raise InvariantViolation(f"batch {b} has no payload: the partition's state cannot be restored")
+    return got
