@@ -23,6 +23,7 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any, Final, cast
 
+import numpy as np
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -232,7 +233,8 @@ class Processor:
             deltas = owned.store.deltas
             before = deltas.rows
             # after an exception nothing is written back (and nothing is committed either)
-            owned.position = fold_columns(list(map(_offset, run)), list(map(_key, run)), list(map(_value, run)),
+            owned.position = fold_columns(np.fromiter(map(_offset, run), np.int64, len(run)), list(map(_key, run)),
+                                          list(map(_value, run)),
                                           owned.position, rules, deltas, PartitionDeadLetters(dlq, p, owned.dlq_counts))
             self.checkpointer.dirty_estimate += deltas.rows - before
         metrics.EVENTS_READ.labels(partition="all").inc(n)

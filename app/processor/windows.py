@@ -139,7 +139,7 @@ def fold_run(records: Iterable[Record], at: Position, rules: FoldRules,
     return fold_columns(offsets, keys, values, at, rules, deltas, rejects)
 
 
-def fold_columns(offsets: Sequence[int], keys: Sequence[bytes | None], values: Sequence[bytes | None], at: Position,
+def fold_columns(offsets: Sequence[int] | np.ndarray, keys: Sequence[bytes | None], values: Sequence[bytes | None], at: Position,
                  rules: FoldRules, deltas: dict[WindowKey, list[int]] | WindowDeltas, rejects: Rejects) -> Position:
     """fold_run over a run given as columns (the processor reads them so from Kafka records).
 
@@ -149,7 +149,7 @@ def fold_columns(offsets: Sequence[int], keys: Sequence[bytes | None], values: S
     n = len(offsets)
     if n == 0:
         return at
-    offs = np.fromiter(offsets, np.int64, n)
+    offs = offsets if isinstance(offsets, np.ndarray) else np.fromiter(offsets, np.int64, n)
     # the next offset before each record: a record below it was counted already
     before = np.empty(n, np.int64)
     before[0] = at.next_offset
