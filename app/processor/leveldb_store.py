@@ -43,7 +43,7 @@ from app.processor.leveldb_layout import (
     unpack_key,
     unpack_value,
 )
-from app.processor.state import ColumnarWindowStore
+from app.processor.state import ColumnarWindowStore, final_stops
 from app.processor.state_slot import StateSlot
 from app.processor.windows import KINDS, LatenessPolicy, WindowKey
 
@@ -200,7 +200,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
 
     def drop_final(self, policy: LatenessPolicy, watermark_ms: int | None) -> int:
         self._settle()
-        stops = self.final_stops(policy, watermark_ms)
+        stops = final_stops(policy, watermark_ms)
         guarded = self._guarded(True)
         final = self._open.final_mask(stops, guarded)
         cached = self._open.keys.take(final)
@@ -215,9 +215,10 @@ class LevelDBWindowStore(ColumnarWindowStore):
                 if self._cached_after[kind] < start_s and not kept:  # the cache knew every key of the range
                     doomed, _ = pack_columns(cached.take(cached.kind == kind), None)
                 else:
-                    doomed = [kb for kb in self._db.iterator(start=PREFIX.pack(kind, start_s),
-                                                             stop=PREFIX.pack(kind, stop_s), include_value=False)
-                              if (kind, PREFIX.unpack(kb[:PREFIX.size])[1]) not in guarded]
+                    doomed = list(self._db.iterator(start=PREFIX.pack(kind, start_s), stop=PREFIX.pack(kind, stop_s),
+                                                    include_value=False))
+                    if kept:
+                        doomed = [kb for kb in doomed if (kind, PREFIX.unpack(kb[:PREFIX.size])[1]) not in guarded]
                 for kb in doomed:
                     wb.delete(kb)
                 dropped += len(doomed)

@@ -33,7 +33,7 @@ from app.processor.leveldb_store import LevelDBWindowStore, StateSlot
 from app.processor.log_guard import LogGuard
 from app.processor.partition import OwnedPartition
 from app.processor.rebuild import rebuild
-from app.processor.state import InMemoryWindowStore, WindowStore
+from app.processor.state import InMemoryWindowStore, WindowStore, final_stops
 
 log = structlog.get_logger("processor")
 
@@ -116,7 +116,9 @@ class Ownership:
                 claimed.append(retry_call(lambda p=p: self._claim(p), what="postgres_restore_partition",
                                           should_stop=self.should_stop))
             stale = {c.claim.partition: c.store for c in claimed if not c.reused}
-            rows = retry_call(lambda: self._rebuild(stale), what="postgres_restore_partition",
+            open_from = {c.claim.partition: final_stops(
+                self.cfg.policy, self.cfg.policy.watermark_ms(c.claim.max_event_time_ms)) for c in claimed}
+            rows = retry_call(lambda: self._rebuild(stale, open_from), what="postgres_restore_partition",
                               should_stop=self.should_stop) if stale else {}
             return [self._settle(c, rows.get(c.claim.partition, 0), started) for c in claimed]
         except BaseException:
@@ -131,10 +133,10 @@ class Ownership:
         local = store.committed_ref()
         return _Claimed(claim, store, local, claim.last_checkpoint is not None and local == claim.last_checkpoint)
 
-    def _rebuild(self, stores: dict[int, WindowStore]) -> dict[int, int]:
+    def _rebuild(self, stores: dict[int, WindowStore], open_from: dict[int, list[int]]) -> dict[int, int]:
         for store in stores.values():
             store.reset()
-        return rebuild(self.ledger, stores)
+        return rebuild(self.ledger, stores, open_from)
 
     def _settle(self, c: _Claimed, restored_rows: int, started: float) -> OwnedPartition:
         claim, store = c.claim, c.store

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import pyarrow as pa
 
 from app.ledger.ledger import Ledger
@@ -25,9 +26,10 @@ _PUT_WAIT_S = 0.2
 
 
 class _Worker:
-    def __init__(self, partition: int, store: WindowStore) -> None:
+    def __init__(self, partition: int, store: WindowStore, open_from: list[int] | None) -> None:
         self.partition = partition
         self.store = store
+        self.open_from = open_from  # per kind: windows starting (epoch s) before this are final
         self.tables: queue.Queue[pa.Table | None] = queue.Queue(maxsize=_QUEUED_TABLES)
         self.rows = 0
         self.error: BaseException | None = None
@@ -42,6 +44,7 @@ class _Worker:
             if self.error is not None:
                 continue  # drain: the reader stops soon
             try:
+                table = _open_only(table, self.open_from)
                 self.store.load_table(table)
                 self.rows += table.num_rows
             except BaseException as e:  # noqa: BLE001 - handed to the reader, which raises it
@@ -57,11 +60,15 @@ class _Worker:
                     raise failed() from None  # type: ignore[misc]
 
 
-def rebuild(ledger: Ledger, stores: Mapping[int, WindowStore]) -> dict[int, int]:
+def rebuild(ledger: Ledger, stores: Mapping[int, WindowStore],
+            open_from: Mapping[int, list[int]] | None = None) -> dict[int, int]:
     """Load every partition's committed windows (latest snapshot + later batches) into its
-    store, which must be empty (reset). Returns the rows loaded per partition. The first
-    error, the reader's or a worker's, is raised once every worker stopped."""
-    workers = {p: _Worker(p, s) for p, s in stores.items()}
+    store, which must be empty (reset). `open_from[p]`: per kind, the window start (epoch s)
+    below which p's windows are final under its watermark: those are not loaded at all (the
+    restore would drop them right after; with no snapshot yet that is most of the rows).
+    Returns the rows loaded per partition. The first error, the reader's or a worker's, is
+    raised once every worker stopped."""
+    workers = {p: _Worker(p, s, (open_from or {}).get(p)) for p, s in stores.items()}
 
     def failed() -> BaseException | None:
         return next((w.error for w in workers.values() if w.error is not None), None)
@@ -80,3 +87,13 @@ def rebuild(ledger: Ledger, stores: Mapping[int, WindowStore]) -> dict[int, int]
     if (e := failed()) is not None:
         raise e
     return {p: w.rows for p, w in workers.items()}
+
+
+def _open_only(table: pa.Table, open_from: list[int] | None) -> pa.Table:
+    """The rows of windows that are still open (start >= open_from of their kind)."""
+    if open_from is None or not any(open_from):
+        return table
+    kinds = table.column("kind").to_numpy()
+    starts = table.column("window_start").to_numpy()
+    keep = starts >= np.array(open_from, dtype=np.int64)[kinds.astype(np.intp)]
+    return table if keep.all() else table.filter(pa.array(keep))

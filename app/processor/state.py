@@ -162,15 +162,6 @@ class ColumnarWindowStore:
                 guarded |= {(int(x) >> 32, int(x) & 0xFFFFFFFF) for x in b.tolist()}
         return guarded
 
-    @staticmethod
-    def final_stops(policy: LatenessPolicy, watermark_ms: int | None) -> list[int]:
-        """Per kind: windows starting (epoch s) below this are final."""
-        stops = []
-        for kind in KINDS:
-            bound_ms = policy.oldest_open_start_ms(kind, watermark_ms)
-            stops.append(0 if bound_ms is None else min(max(-(-bound_ms // 1000), 0), (1 << 32) - 1))
-        return stops
-
 
 class InMemoryWindowStore(ColumnarWindowStore):
     """Everything in RAM (OpenWindows, 47 bytes per window): fast, bounded only by the number
@@ -190,7 +181,7 @@ class InMemoryWindowStore(ColumnarWindowStore):
         self._pending = []
 
     def drop_final(self, policy: LatenessPolicy, watermark_ms: int | None) -> int:
-        final = self._open.final_mask(self.final_stops(policy, watermark_ms), self._guarded(False))
+        final = self._open.final_mask(final_stops(policy, watermark_ms), self._guarded(False))
         self._open.drop(final)
         return int(final.sum())
 
@@ -228,3 +219,12 @@ class InMemoryWindowStore(ColumnarWindowStore):
         self._open.clear()
         self.deltas.clear()
         self._pending = []
+
+
+def final_stops(policy: LatenessPolicy, watermark_ms: int | None) -> list[int]:
+    """Per kind: windows starting (epoch s) below this are final under `watermark_ms`."""
+    stops = []
+    for kind in KINDS:
+        bound_ms = policy.oldest_open_start_ms(kind, watermark_ms)
+        stops.append(0 if bound_ms is None else min(max(-(-bound_ms // 1000), 0), (1 << 32) - 1))
+    return stops

@@ -12,8 +12,10 @@ from app.ledger.ledger import Ledger
 from app.ledger.restore import restore_windows
 from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore
 from app.processor.rebuild import rebuild
-from app.processor.state import InMemoryWindowStore
+from app.processor.state import InMemoryWindowStore, final_stops
+from app.processor.windows import LatenessPolicy
 from tests.conftest import Pipeline
+from tests.helpers import wait_for
 
 GEN = ("--seed", "3", "--accounts", "3000", "--partitions", "3", "--late-fraction", "0.05",
        "--invalid-fraction", "0.01", "--event-time-rate", "200")
@@ -27,14 +29,22 @@ def _items(store: InMemoryWindowStore | LevelDBWindowStore) -> dict:  # type: ig
 
 def test_rebuilding_partitions_at_once_equals_one_by_one(pipeline: Pipeline) -> None:
     pipeline.gen(*GEN, "--events", "40000")
-    pipeline.processor(*SMALL, "--state-dir", str(pipeline.tmp / "a"))
+    # a running processor publishes a snapshot; stopped once the ledger has one
+    first = pipeline.start("app.processor", *SMALL, "--state-dir", str(pipeline.tmp / "a"))
+
+    def snapshots() -> int:
+        pipeline.alive(first)
+        with pipeline.ledger() as conn:
+            row = conn.execute("SELECT count(*) FROM window_snapshot WHERE pipeline_id = %s",
+                               (pipeline.pipeline_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    wait_for(snapshots, 120, "a published snapshot")
+    first.terminate()
+    assert first.wait(60) == 0, pipeline.log(first)[-3000:]
     pipeline.gen(*GEN, "--events", "20000", "--seed", "4", "--start-time", "2025-11-20T00:03:20Z")
     pipeline.processor("--batch-max-wait", "0.05s", "--poll-records", "2000", "--snapshot-interval", "1h",
                        "--state-dir", str(pipeline.tmp / "a"))
-    with pipeline.ledger() as conn:
-        snapshots = conn.execute("SELECT count(*) FROM window_snapshot WHERE pipeline_id = %s",
-                                 (pipeline.pipeline_id,)).fetchone()[0]  # type: ignore[index]
-    assert snapshots >= 1  # the restore reads a snapshot and the batches after it
     ledger = Ledger(pipeline.database_url, pipeline.pipeline_id, pipeline.topic)
     try:
         one_by_one = {}
@@ -56,6 +66,21 @@ def test_rebuilding_partitions_at_once_equals_one_by_one(pipeline: Pipeline) -> 
             assert {p: _items(s) for p, s in stores.items()} == one_by_one
             for s in stores.values():
                 s.close()
+        # windows final under a partition's watermark are not loaded at all: the same state
+        # as loading them and dropping them (what a restore does right after)
+        with pipeline.ledger() as conn:
+            marks = dict(conn.execute("SELECT partition, max_event_time_ms FROM partition_state WHERE pipeline_id = %s",
+                                      (pipeline.pipeline_id,)).fetchall())
+        policy = LatenessPolicy()
+        open_from = {p: final_stops(policy, policy.watermark_ms(marks[p])) for p in range(3)}
+        trimmed = {p: InMemoryWindowStore(p) for p in range(3)}
+        rows_trimmed = rebuild(ledger, trimmed, open_from)
+        assert sum(rows_trimmed.values()) < sum(rows.values())  # final windows were left out
+        for p in range(3):
+            trimmed[p].drop_final(policy, policy.watermark_ms(marks[p]))
+            at_once[p].drop_final(policy, policy.watermark_ms(marks[p]))
+        assert {p: _items(s) for p, s in trimmed.items()} == {p: _items(s) for p, s in at_once.items()}
+        assert all(_items(s) for s in trimmed.values())
     finally:
         ledger.close()
 
