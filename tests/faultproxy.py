@@ -6,15 +6,19 @@ decides whether the network path works:
 - `refuse()`: open connections are cut and new ones refused (a stopped server, a closed port);
 - `blackhole()`: connections are accepted and open ones stay up, but no byte moves in
   either direction (a hung server, a partitioned network: clients wait for their timeouts);
-- `restore()`: traffic flows again (new connections; cut ones stay cut).
+- `restore()`: traffic flows again (new connections; cut ones stay cut);
+- `held_bytes()`: what clients sent into the black hole, so a test can wait for a hang.
 
 Usage: `with FaultProxy("127.0.0.1", 5432) as proxy: url = f"...@127.0.0.1:{proxy.port}/..."`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import selectors
 import socket
+import struct
+import termios
 import threading
 from types import TracebackType
 from typing import Literal
@@ -80,6 +84,19 @@ class FaultProxy:
             if self.mode == "refuse":
                 self._listen_locked()
             self.mode = "up"
+
+    def held_bytes(self) -> int:
+        """Bytes clients have sent that the proxy holds, not forwarded: in a black hole, > 0
+        once a request hangs in it (what a test waits for before it acts on the hang)."""
+        with self._lock:
+            clients = [client for client, _ in self._pairs]
+        held = 0
+        for client in clients:
+            try:
+                held += struct.unpack("i", fcntl.ioctl(client.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+            except (OSError, ValueError):
+                continue  # cut meanwhile
+        return held
 
     # ---- internals ----------------------------------------------------------
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
 from app.ledger.rows import WindowRow, rows_to_table
-from tests.conftest import LEDGER_TABLES, Pipeline
-from tests.helpers import log_events, wait_for
-
-TABLES = (*LEDGER_TABLES, "window_snapshot_chunk")
+from app.ledger.scope import forget_pipeline, pipeline_tables
+from tests.conftest import Pipeline
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -27,14 +27,15 @@ def scope(postgres: str) -> Iterator[tuple[str, str]]:
     pid = f"t-{uuid.uuid4().hex[:10]}"
     yield postgres, pid
     with psycopg.connect(postgres, autocommit=True) as conn:
-        for table in TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))
+        forget_pipeline(conn, pid)
 
 
 def _ledger_rows(url: str, pid: str) -> dict[str, list[Any]]:
+    """Every ledger row of the pipeline id, per table."""
     with psycopg.connect(url) as conn:
-        return {t: sorted(map(repr, conn.execute(f"SELECT * FROM {t} WHERE pipeline_id = %s",
-                                                 (pid,)).fetchall())) for t in TABLES}
+        return {t: sorted(map(repr, conn.execute(sql.SQL("SELECT * FROM {} WHERE pipeline_id = %s")
+                                                 .format(sql.Identifier(t)), (pid,)).fetchall()))
+                for t in pipeline_tables(conn)}
 
 
 def _cp(advances: list[PartitionAdvance]) -> Checkpoint:
@@ -119,7 +120,7 @@ def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipel
         assert len(owners()) == 1, "the first instance does not own every partition"
         # the group evicts the frozen member after its session timeout; the other takes all
         other = pipeline.start("app.processor", "--until-end", *SMALL, "--state-dir", str(pipeline.tmp / "o"))
-        started = wait_for(lambda: log_events(pipeline.log(other), "processor_started"), 60,
+        started = wait_for(lambda: pipeline.logged(other, "processor_started"), 60,
                            "the other instance's processor_started line")
         other_owner = started[0]["instance"]  # the owner it writes to the ledger when it claims
         wait_for(lambda: pipeline.alive(other) and owners() == {other_owner}, 120,
@@ -135,7 +136,6 @@ def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipel
     with pipeline.ledger() as conn:
         generations = [r[0] for r in conn.execute(
             "SELECT owner_generation FROM partition_state WHERE pipeline_id = %s", (pipeline.pipeline_id,))]
-        conn.execute("DELETE FROM window_snapshot_chunk WHERE pipeline_id = %s", (pipeline.pipeline_id,))
     assert len(owners()) >= 1 and max(generations) >= 2
     assert pipeline.committed_offsets() == events
     res = pipeline.verify()
