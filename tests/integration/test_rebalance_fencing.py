@@ -7,8 +7,10 @@ hands its partitions to another instance, then lets it run again (SIGCONT)."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -99,6 +101,51 @@ SMALL = ("--batch-max-wait", "0.05s", "--poll-records", "1000", "--snapshot-inte
          "--session-timeout", "6s", "--log-level", "info")
 
 
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP delivered), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def _tcp_ports(pid: int) -> list[int]:
+    """The local ports of the TCP sockets process `pid` has open (its fds' inodes in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().name
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _in_ledger_transaction(p: Pipeline, pid: int) -> bool:
+    """Whether one of process `pid`'s Postgres sessions is inside a transaction (it may hold
+    row locks on partition_state: frozen there, it would block every other owner's claim)."""
+    with p.ledger() as conn:
+        (n,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) "
+                            "AND xact_start IS NOT NULL", (_tcp_ports(pid),)).fetchone()  # type: ignore[misc]
+    return int(n) > 0
+
+
+def _freeze_outside_a_transaction(p: Pipeline, proc: subprocess.Popen[bytes]) -> bool:
+    """SIGSTOP `proc`; if it stopped inside a ledger transaction, let it go on (SIGCONT) and
+    report False, for wait_for to try again."""
+    proc.send_signal(signal.SIGSTOP)
+    wait_for(lambda: p.alive(proc) and _stopped(proc.pid), 10, "the SIGSTOP to take effect")
+    if not _in_ledger_transaction(p, proc.pid):
+        return True
+    proc.send_signal(signal.SIGCONT)
+    return False
+
+
 def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipeline: Pipeline) -> None:
     events = 150_000
     pipeline.gen("--seed", "5", "--events", str(events), "--accounts", "5000", "--partitions", "4",
@@ -114,8 +161,10 @@ def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipel
 
     wait_for(lambda: pipeline.alive(zombie) and pipeline.committed_offsets() > 0, 120,
              "the first instance's first checkpoint")
-    zombie.send_signal(signal.SIGSTOP)  # frozen right after its first checkpoint: work is left
     try:
+        # frozen right after its first checkpoint (work is left), between two ledger transactions
+        wait_for(lambda: _freeze_outside_a_transaction(pipeline, zombie), 60,
+                 "the first instance frozen outside a ledger transaction")
         assert pipeline.committed_offsets() < events
         assert len(owners()) == 1, "the first instance does not own every partition"
         # the group evicts the frozen member after its session timeout; the other takes all
