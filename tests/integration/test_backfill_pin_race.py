@@ -16,7 +16,6 @@ and resumed. The live key must survive in FINAL and verify must be exact.
 from __future__ import annotations
 
 import json
-import os
 import signal
 
 import pytest
@@ -85,7 +84,7 @@ def test_live_row_emitted_after_the_pin_survives_the_backfill(pipeline: Pipeline
     proc = p.start("app.backfill", *HOUR, "--json", "--log-level", "info", crash_at=crash_at)
     started = wait_for(lambda: p.logged(proc, "backfill_start"), 90, "the backfill's backfill_start line")
     assert started[0]["version"] is not None, started
-    os.kill(proc.pid, signal.SIGSTOP)
+    proc.send_signal(signal.SIGSTOP)  # a no-op once an armed backfill has died at its crash point
     assert proc.poll() is not None or not holds_path(proc, p), "the backfill opened ClickHouse before the pause"
     assert p.ledger_value("SELECT count(*) FROM sink_batch WHERE pipeline_id = %s "
                           "AND source = 'backfill'") == 0
@@ -104,7 +103,7 @@ def test_live_row_emitted_after_the_pin_survives_the_backfill(pipeline: Pipeline
     assert live_hour == [(H0, idle_account, "FR", 1, str(LIVE_AMOUNT), live_version)], live_hour
 
     # the backfill goes on from its pin
-    os.kill(proc.pid, signal.SIGCONT)
+    proc.send_signal(signal.SIGCONT)
     rc = proc.wait(timeout=300)
     if crash_at is None:
         assert rc == 0, f"backfill exit {rc}\n{p.log(proc)[-3000:]}"
