@@ -7,7 +7,7 @@ decides whether the network path works:
 - `blackhole()`: connections are accepted and open ones stay up, but no byte moves in
   either direction (a hung server, a partitioned network: clients wait for their timeouts);
 - `restore()`: traffic flows again (new connections; cut ones stay cut);
-- `held_bytes()`: what clients sent into the black hole, so a test can wait for a hang.
+- `held_bytes()`: what is stuck in the black hole, so a test can wait for a hang.
 
 Usage: `with FaultProxy("127.0.0.1", 5432) as proxy: url = f"...@127.0.0.1:{proxy.port}/..."`.
 """
@@ -86,14 +86,15 @@ class FaultProxy:
             self.mode = "up"
 
     def held_bytes(self) -> int:
-        """Bytes clients have sent that the proxy holds, not forwarded: in a black hole, > 0
-        once a request hangs in it (what a test waits for before it acts on the hang)."""
+        """Bytes the proxy holds, not forwarded, in either direction: in a black hole, > 0
+        once a call hangs in it, whether its request is held or, sent just before the
+        black hole, the server's answer (what a test waits for before it acts on the hang)."""
         with self._lock:
-            clients = [client for client, _ in self._pairs]
+            sockets = [s for pair in self._pairs for s in pair]
         held = 0
-        for client in clients:
+        for sock in sockets:
             try:
-                held += struct.unpack("i", fcntl.ioctl(client.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+                held += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
             except (OSError, ValueError):
                 continue  # cut meanwhile
         return held
