@@ -99,7 +99,7 @@ class Pipeline:
         a pipe nobody reads fills up after 64 KiB of log lines and blocks the process."""
         extra = {"PIPELINE_CRASH_AT": crash_at} if crash_at else {}
         argv = [sys.executable, "-m", module, *args, *(["--fault-injection"] if crash_at else [])]
-        if module in ("app.processor", "app.sink"):
+        if module in ("app.processor", "app.sink") and "--metrics-port" not in args:
             argv += ["--metrics-port", "0"]
         logs = self.tmp / "logs"
         logs.mkdir(exist_ok=True)
@@ -167,7 +167,7 @@ class Pipeline:
         return psycopg.connect(self.database_url, autocommit=True)
 
 
-LEDGER_TABLES = ("sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
+LEDGER_TABLES = ("settled_window_total", "sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
                  "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint", "pipeline_rules")
 
 
