@@ -57,7 +57,7 @@ def test_a_processor_without_partitions_is_alive_but_not_ready(pipeline: Pipelin
         return codes if codes == [200, 503] else None
     wait_for(one_owner, 60, "one processor to own the only partition (ready) and the other none (not ready)")
     idle = next(port for port in ports if status(port, "/readyz")[0] == 503)
-    code, body = status(idle, "/readyz")
+    _code, body = status(idle, "/readyz")
     assert body["checks"]["owns_partitions"] == "no", body  # type: ignore[index]
     assert body["checks"]["postgres"] == "ok" and body["checks"]["kafka"] == "ok", body  # type: ignore[index]
     assert status(idle, "/healthz")[0] == 200
