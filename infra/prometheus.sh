@@ -53,8 +53,10 @@ up() {
   if running "$DIR/dashboard.pid"; then
     echo "dashboard: already up at http://127.0.0.1:$DASH_PORT/"
   else
-    (cd "$ROOT" && nohup "$PYTHON" -m app.dashboard --port "$DASH_PORT" --prometheus "http://127.0.0.1:$PORT" \
-      > "$DIR/dashboard.log" 2>&1 & echo $! > "$DIR/dashboard.pid")
+    cd "$ROOT"
+    nohup "$PYTHON" -m app.dashboard --port "$DASH_PORT" --prometheus "http://127.0.0.1:$PORT" \
+      > "$DIR/dashboard.log" 2>&1 &
+    echo $! > "$DIR/dashboard.pid"
     wait_port "$DASH_PORT" dashboard
     echo "dashboard: up at http://127.0.0.1:$DASH_PORT/"
   fi

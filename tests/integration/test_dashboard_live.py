@@ -32,10 +32,14 @@ def monitoring(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {**os.environ, "PROMETHEUS_DIR": str(tmp_path / "prometheus"), "PROMETHEUS_PORT": str(free_port()),
            "DASHBOARD_PORT": str(free_port()), "SCRAPE_INTERVAL": "1s"}
     subprocess.run([str(REPO / "infra" / "prometheus.sh"), "up"], env=env, check=True, timeout=600)
+    pids = [int((Path(env["PROMETHEUS_DIR"]) / f"{n}.pid").read_text()) for n in ("prometheus", "dashboard")]
     try:
         yield env
     finally:
         subprocess.run([str(REPO / "infra" / "prometheus.sh"), "down"], env=env, check=True, timeout=60)
+        for pid in pids:  # nothing left running after the test
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
 
 
 def prom_query(env: dict[str, str], expr: str) -> list[dict[str, object]]:
