@@ -22,7 +22,7 @@ state.py for the lifecycle and docs/exactly-once.md for the reconciliation rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from app.processor.leveldb_layout import (
     unpack_key,
     unpack_value,
 )
-from app.processor.state import ColumnarWindowStore, final_stops
+from app.processor.state import ColumnarWindowStore, final_stops, window_items
 from app.processor.state_slot import StateSlot
 from app.processor.windows import KINDS, LatenessPolicy, WindowKey
 
@@ -231,6 +231,31 @@ class LevelDBWindowStore(ColumnarWindowStore):
                     # which a rebuild drops too); the counts must say so
                     wb.put(META_KEY, self._meta("committed", self._ref, self._next_offset))
         return dropped
+
+    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None,
+                    ) -> Iterator[tuple[WindowKey, Sequence[int]]]:
+        """The windows `drop_final` will drop at step 4, with their values (called after
+        prepare: the latest). Mirrors drop_final's choice per kind: from the cache when it
+        knows every key of the range, else from disk; guarded as drop_final will guard
+        (after the local commit nothing is pending, only deltas not taken yet)."""
+        self._settle()
+        stops = final_stops(policy, watermark_ms)
+        guarded = self._guarded(False)
+        final = self._open.final_mask(stops, guarded)
+        cached_keys, cached_values = self._open.keys.take(final), self._open.values.take(final)
+        for kind in KINDS:
+            start_s, stop_s = self._final_from[kind], stops[kind]
+            if stop_s <= start_s:
+                continue
+            kept = any(k == kind and start_s <= s < stop_s for k, s in guarded)
+            if self._cached_after[kind] < start_s and not kept:
+                mine = cached_keys.kind == kind
+                yield from window_items(cached_keys.take(mine), cached_values.take(mine))
+                continue
+            for kb, v in self._db.iterator(start=PREFIX.pack(kind, start_s), stop=PREFIX.pack(kind, stop_s)):
+                if kept and (kind, PREFIX.unpack(kb[:PREFIX.size])[1]) in guarded:
+                    continue
+                yield unpack_key(kb), unpack_value(v)
 
     # ---- snapshot and restore ---------------------------------------------
 

@@ -22,7 +22,7 @@ prepared, another ref) means it must be rebuilt from the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -69,6 +69,11 @@ class WindowStore(Protocol):
     def drop_final(self, policy: LatenessPolicy, watermark_ms: int | None) -> int:
         """Forget windows that can no longer change (never a dirty or pending one);
         returns how many were dropped."""
+
+    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None,
+                    ) -> Iterator[tuple[WindowKey, Sequence[int]]]:
+        """The windows `drop_final(policy, watermark_ms)` would drop now, with their values
+        (called after `prepare`: the latest ones). The settled totals (app/processor/settled.py)."""
 
     def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:
         """Every open window as of now, in tables of at most rows_per_chunk rows. The view
@@ -185,6 +190,11 @@ class InMemoryWindowStore(ColumnarWindowStore):
         self._open.drop(final)
         return int(final.sum())
 
+    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None) -> Iterator[tuple[WindowKey, list[int]]]:
+        """The windows `drop_final` would drop now, with their values."""
+        final = self._open.final_mask(final_stops(policy, watermark_ms), self._guarded(False))
+        return window_items(self._open.keys.take(final), self._open.values.take(final))
+
     def snapshot(self) -> pa.Table:
         self._absorb()
         return rows_table(self.partition, *self._open.sorted_rows())
@@ -209,16 +219,20 @@ class InMemoryWindowStore(ColumnarWindowStore):
 
     def items(self) -> Iterator[tuple[WindowKey, list[int]]]:
         self._absorb()
-        keys, values = self._open.sorted_rows()
-        for kind, start, acc, code, count, total in zip(keys.kind.tolist(), keys.start_s.tolist(),
-                                                          keys.account.tolist(), keys.country.tolist(),
-                                                          values.count.tolist(), values.sums(), strict=True):
-            yield (kind, start * 1000, acc, COUNTRY_OF[code]), [count, total]
+        return window_items(*self._open.sorted_rows())
 
     def close(self) -> None:
         self._open.clear()
         self.deltas.clear()
         self._pending = []
+
+
+def window_items(keys: Keys, values: Values) -> Iterator[tuple[WindowKey, list[int]]]:
+    """Columns as (window key, [count, sum]) pairs (the dict API: tests, settled totals)."""
+    for kind, start, acc, code, count, total in zip(keys.kind.tolist(), keys.start_s.tolist(),
+                                                      keys.account.tolist(), keys.country.tolist(),
+                                                      values.count.tolist(), values.sums(), strict=True):
+        yield (kind, start * 1000, acc, COUNTRY_OF[code]), [count, total]
 
 
 def final_stops(policy: LatenessPolicy, watermark_ms: int | None) -> list[int]:
