@@ -71,15 +71,27 @@ def test_every_stage_metric_exists_and_moves_during_a_real_run(pipeline: Pipelin
     STAGE_KINDS["gen"] = kinds(ports["gen"], "gen")
     assert procs["gen"].wait(timeout=120) == 0, pipeline.log(procs["gen"])[-3000:]
 
+    def classified(s: Samples) -> bool:
+        """Every record counted per kind: folded (counted when its checkpoint commits, so
+        after it was read) + invalid + too late; equality is asserted below."""
+        invalid = total(s, "pipeline_dlq_records_total", reason="invalid")
+        return all(total(s, "pipeline_events_folded_total", window_kind=k) + invalid
+                   + total(s, "pipeline_dlq_records_total", reason="late", window_kind=k) >= EVENTS
+                   for k in ("minute", "hour"))
+
     def settled_and_checked() -> Samples | None:
         pipeline.alive(procs["processor"], procs["sink"])
         s = scrape(ports["sink"])
         ok = all(total(s, "pipeline_reconcile_checked_events", table=t) > 0 for t in ("rollup_minute", "rollup_hour"))
-        return s if ok and total(s, "pipeline_sink_dedup_blocks_total") > 0 else None
+        # a fault is counted when it hits, its replay's suppressed blocks when the retry lands
+        replayed = total(s, "pipeline_sink_dedup_blocks_total") >= total(s, "pipeline_sink_injected_faults_total")
+        return s if ok and replayed and total(s, "pipeline_sink_dedup_blocks_total") > 0 else None
     last = {"sink": wait_for(settled_and_checked, 120,
-                             "the sink to reconcile settled windows of both tables and to count dedup hits"),
+                             "the sink to reconcile settled windows of both tables and to count dedup hits "
+                             "for every injected fault"),
             "processor": wait_for(lambda: (s := scrape(ports["processor"])) and total(
-                s, "pipeline_events_read_total") == EVENTS and s, 60, "the processor to read every record"),
+                s, "pipeline_events_read_total") == EVENTS and classified(s) and s, 60,
+                "the processor to read every record and commit its classification (folded counts at commit)"),
             "gen": last_gen}
     for stage in ("processor", "sink"):
         STAGE_KINDS[stage] = kinds(ports[stage], stage)
