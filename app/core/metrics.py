@@ -76,3 +76,10 @@ STATE_RESTORE_SECONDS = Histogram("pipeline_state_restore_seconds", "Claim + rec
 SNAPSHOTS = Counter("pipeline_snapshots_total", "Chunked window snapshots published to the ledger")
 PARTITIONS_FENCED = Counter("pipeline_partitions_fenced_total",
                             "Partitions dropped because a newer owner generation fenced our checkpoint")
+
+
+# proven delivery: the sink's check in ClickHouse before acknowledging, and its repairs (issue 16)
+SINK_CHECKS = Counter("pipeline_sink_checks_total", "Groups checked in ClickHouse before their acknowledgement",
+                      ["table", "reason"])
+SINK_REPAIRS = Counter("pipeline_sink_repairs_total", "Repair inserts of rows a check found missing", ["table"])
+SINK_REPAIRED_ROWS = Counter("pipeline_sink_repaired_rows_total", "Rows re-sent by repair inserts", ["table"])
