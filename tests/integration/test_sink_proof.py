@@ -195,12 +195,12 @@ def test_sampled_checks_repair_inserts_that_clickhouse_acknowledged_but_lost(pip
     call) is caught and repaired before the ledger acknowledges the group."""
     p = pipeline
     p.gen(*GEN)
-    p.processor("--batch-max-wait", "0.05s", "--poll-records", "2000")
+    p.processor("--batch-rows", "1000", "--poll-records", "1000")  # small batches: ~15 groups
     freeze_merges(p.clickhouse_url)
-    res = p.sink(*SINK, "--check-sample-rate", "1", "--fault-injection", "--fail-insert-every", "3",
-                 "--fail-insert-mode", "drop", "--log-level", "info")
+    res = p.sink("--batch-rows", "2000", "--insert-block-rows", "500", "--check-sample-rate", "1",
+                 "--fault-injection", "--fail-insert-every", "3", "--fail-insert-mode", "drop", "--log-level", "info")
     dropped = log_events(res.stderr, "insert_fault_injected")
-    assert len(dropped) >= 2, res.stderr[-3000:]
+    assert len(dropped) >= 3, res.stderr[-3000:]  # every 3rd insert call dropped
     found = repairs(p)
     # each dropped insert was a group's first attempt or a repair: each is repaired once more
     assert sum(r[3] for r in found) == sum(e["rows_dropped"] for e in dropped)
