@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
+from app.clickhouse.schema import ROLLUP_TABLES
 from app.core import metrics
 from app.core.errors import InvariantViolation
 from app.core.faults import crash_point
@@ -91,6 +92,9 @@ class DeliveryProof:
         self.writer = writer
         self.call = call
         self.max_repairs = max_repairs
+        for table in ROLLUP_TABLES:  # zero from the start: a repair is rare, and rate() needs the series
+            metrics.SINK_REPAIRS.labels(table=table)
+            metrics.SINK_REPAIRED_ROWS.labels(table=table)
 
     def prove(self, group: InsertGroup, data: pa.Table, why: str) -> Proof:
         """Check, repair what is missing, check again, until nothing is missing. `data` is
