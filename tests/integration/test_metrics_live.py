@@ -46,6 +46,28 @@ def start_run(pipeline: Pipeline, ports: dict[str, int]) -> dict[str, subprocess
     return procs
 
 
+def classified(s: Samples) -> dict[str, float]:
+    """How the processor has counted the records so far: read, invalid, per kind folded and late."""
+    counts = {"read": total(s, "pipeline_events_read_total"),
+              "invalid": total(s, "pipeline_dlq_records_total", reason="invalid")}
+    for kind in ("minute", "hour"):
+        counts[f"folded_{kind}"] = total(s, "pipeline_events_folded_total", window_kind=kind)
+        counts[f"late_{kind}"] = total(s, "pipeline_dlq_records_total", reason="late", window_kind=kind)
+    return counts
+
+
+def processor_checkpointed_all(pipeline: Pipeline, port: int) -> Samples | None:
+    """The processor's samples once every record is read and the checkpoint past the last one
+    is committed and counted: reads and DLQ records count as records are read, folded ones
+    once their checkpoint commits, so between the two they do not add up yet."""
+    if pipeline.committed_offsets() != EVENTS:
+        return None
+    s = scrape(port)
+    c = classified(s)
+    counted = all(c[f"folded_{kind}"] + c["invalid"] + c[f"late_{kind}"] == EVENTS for kind in ("minute", "hour"))
+    return s if c["read"] == EVENTS and counted else None
+
+
 def moved(first: Samples, last: Samples, stage: str) -> list[str]:
     kinds = STAGE_KINDS[stage]
     return [f for f, kind in kinds.items() if kind in ("counter", "histogram") and f not in STILL[stage]
@@ -79,8 +101,9 @@ def test_every_stage_metric_exists_and_moves_during_a_real_run(pipeline: Pipelin
         return s if ok and total(s, "pipeline_sink_dedup_blocks_total") > 0 else None
     last = {"sink": wait_for(settled_and_checked, 120,
                              "the sink to reconcile settled windows of both tables and to count dedup hits"),
-            "processor": wait_for(lambda: (s := scrape(ports["processor"])) and total(
-                s, "pipeline_events_read_total") == EVENTS and s, 60, "the processor to read every record"),
+            "processor": wait_for(lambda: processor_checkpointed_all(pipeline, ports["processor"]), 60,
+                                  "the processor to read every record and to commit and count a checkpoint past it",
+                                  detail=lambda: str(classified(scrape(ports["processor"])))),
             "gen": last_gen}
     for stage in ("processor", "sink"):
         STAGE_KINDS[stage] = kinds(ports[stage], stage)
