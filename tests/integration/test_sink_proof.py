@@ -12,8 +12,9 @@ are gone, and only the check notices.
 
 Without the check (commit 28c3b75, this test alone) the resumed sink acknowledged the
 group and verify reported the lost rows: `..._is_repaired[no-crash]` failed with
-"rollup_hour: DIFFERENT ... missing 3,913". The check and repair (the next commit) make
-every test here pass.
+"rollup_hour: DIFFERENT ... missing 3,913"; re-checked after merging main's metrics by
+skipping the check in Sink.deliver: "missing 3,234" (how many rows the lost parts held
+varies by run). The check and repair (the next commit) make every test here pass.
 
 Every test ends with verify (FINAL equals the truth) and a raw audit read with merges
 frozen: raw rows = ledger rows and no (window, key, version) stored twice — a repair
