@@ -98,7 +98,7 @@ class Fleet:
     started_at: float
     processor_args: tuple[str, ...]
     sink_args: tuple[str, ...]
-    break_sink: bool = False             # every sink incarnation drops every 3rd insert silently
+    break_sink: bool = False             # every sink incarnation drops every insert silently
     arm: bool = True                     # False while draining: new incarnations start unarmed
     exits: list[Exit] = field(default_factory=list)
     processors: dict[int, Incarnation] = field(default_factory=dict)
@@ -142,7 +142,7 @@ class Fleet:
         settings: dict[str, Any] = {"insert_block_rows": inc.insert_block_rows, "async_insert": inc.async_insert}
         if self.break_sink:  # a negative control: never armed otherwise, even while draining
             # no sampled delivery check: it would find and repair some of the dropped inserts
-            args += ["--fault-injection", "--fail-insert-every", "3", "--fail-insert-mode", "drop",
+            args += ["--fault-injection", "--fail-insert-every", "1", "--fail-insert-mode", "drop",
                      "--check-sample-rate", "0"]
             settings.update(fail_mode="drop")
         elif self.arm:

@@ -44,7 +44,7 @@ class RunConfig:
     late_fraction: float = 0.02
     invalid_fraction: float = 0.002
     oversized: bool = True
-    break_sink: bool = False              # the sink drops every 3rd insert silently (a negative control)
+    break_sink: bool = False              # the sink drops every insert silently (a negative control)
     max_pending_rows: int = 300_000
     drain_timeout_s: float = 900.0
     command: str = ""

@@ -59,8 +59,11 @@ def test_one_run_with_every_fault_at_once_is_exact(kafka: str, postgres: str, tm
 
 
 def test_a_sink_that_drops_inserts_is_reported_not_exact(kafka: str, postgres: str, tmp_path: Path) -> None:
-    """The negative control: a sink that acknowledges every 3rd insert without writing it.
-    The harness must say NOT EXACT, exit 1 and show verify's missing keys in the report."""
+    """The negative control: a sink that acknowledges every insert without writing it.
+    The harness must say NOT EXACT, exit 1 and show verify's missing keys in the report.
+    (Every insert, not 1 in N: a run under load may insert in a few large groups, so that a
+    1-in-3 schedule drops nothing, or only rows a later version replaced, and a correct
+    verify then says EXACT.)"""
     res, data = _chaos(tmp_path, kafka, "--seed", "5", "--events", "30000", "--rate", "6000",
                        "--processors", "1", "--partitions", "2", "--accounts", "2000",
                        "--processor-kills", "0", "--sink-kills", "0", "--stalls", "0", "--join-leaves", "0",
