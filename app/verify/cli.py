@@ -32,6 +32,7 @@ from app.core.config import (
     lateness_flags,
     mask_url,
     non_negative_int_arg,
+    positive_int_arg,
     psycopg_conninfo,
     service_settings,
 )
@@ -45,7 +46,7 @@ from app.verify.final_export import PipelineFinal
 from app.verify.read_log import open_consumer, partition_ranges, read_records
 from app.verify.render import RunInfo, summary_json, summary_lines
 from app.verify.sql_diff import diff_store
-from app.verify.store import VerifyStore
+from app.verify.store import DEFAULT_SPILL_MIB, VerifyStore
 from app.verify.truth import Classifier, Rules, gc_paused
 
 log = structlog.get_logger("verify")
@@ -92,6 +93,9 @@ def build_parser() -> ArgumentParser:
                    help="where verify's own embedded ClickHouse aggregates the truth, in a temporary directory "
                         "removed at the end; needs disk of about 10 bytes per input record "
                         "[VERIFY_WORK_DIR, default the system's temporary directory]")
+    w.add_argument("--spill-mib", type=positive_int_arg, default=DEFAULT_SPILL_MIB, metavar="MIB",
+                   help="aggregation state past which verify's ClickHouse spills to disk instead of growing "
+                        "(default %(default)s; the process peaks near 1 GiB above it)")
     r = parser.add_argument_group("retries")
     r.add_argument("--service-timeout", type=duration_arg, default=30.0, metavar="DURATION",
                    help="how long to retry an unreachable Kafka / Postgres / ClickHouse server (default 30s)")
@@ -153,7 +157,7 @@ def _run(args: argparse.Namespace) -> int:
     # than after reading the whole topic.
     raise_fatal_on_bad_url(settings.clickhouse_url)
     with PipelineFinal(settings.clickhouse_url, args.service_timeout, args.log_level) as final, \
-            VerifyStore(args.work_dir) as store:
+            VerifyStore(args.work_dir, args.spill_mib) as store:
         # A probe only: the ledger is read after the (long) topic read, on a fresh connection.
         _retry(lambda: _pg_connect(settings.database_url), "postgres_connect", args.service_timeout).close()
         consumer = open_consumer(settings.kafka_bootstrap_servers, settings.pipeline_id)
@@ -173,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
             store.flush()
             counts = classifier.counts()
             read_s = time.monotonic() - read_started
+            _phase("read", read_s)
         finally:
             consumer.close()
         # Read after the input: every DLQ record of the input read above was produced before the
@@ -184,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
                                        stall_timeout_s=stall_s)
         finally:
             dlq_consumer.close()
+        _phase("dlq_topic")
 
         files = {kind: store.work_dir / f"final_{kind}.native" for kind in TABLE_OF_KIND}
         exists = final.export(files)
@@ -192,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
             if table_exists:
                 store.import_final(kind, files[kind])
                 files[kind].unlink()
+        _phase("final_imported")
         with _retry(lambda: _pg_connect(settings.database_url), "postgres_connect", args.service_timeout) as pg:
             ledger_dlq = _ledger(lambda: read_ledger_dlq(pg, settings.pipeline_id, settings.events_topic))
             positions = _ledger(lambda: read_ledger_positions(pg, settings.pipeline_id, settings.events_topic))
@@ -199,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         diff_started = time.monotonic()
         report = diff_store(store, counts, exists, ledger_dlq, args.max_diffs, dlq_topic=dlq_topic)
         diff_s = time.monotonic() - diff_started
+        _phase("diff", diff_s)
     info = RunInfo(topic=settings.events_topic, pipeline_id=settings.pipeline_id,
                    clickhouse=mask_url(settings.clickhouse_url), ledger_positions=positions,
                    end_offsets=end_offsets, elapsed_s=time.monotonic() - started, read_s=read_s)
@@ -209,6 +217,23 @@ def _run(args: argparse.Namespace) -> int:
              records=counts.records, read_s=round(read_s, 2), diff_s=round(diff_s, 2),
              seconds=round(info.elapsed_s, 2))
     return EXIT_EXACT if report.exact else EXIT_MISMATCH
+
+
+def _phase(name: str, seconds: float | None = None) -> None:
+    """Where the run stands, with this process's memory: the figure verify promises to bound."""
+    log.info("verify_phase", phase=name, seconds=None if seconds is None else round(seconds, 2),
+             rss_mib=_status_mib("VmRSS"), peak_rss_mib=_status_mib("VmHWM"))
+
+
+def _status_mib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) // 1024
+    except OSError:  # not Linux
+        pass
+    return None
 
 
 def _pg_connect(url: str) -> psycopg.Connection[Any]:

@@ -14,7 +14,7 @@ from typing import Final
 from app.clickhouse.schema import TABLE_OF_KIND
 from app.verify.compare import DlqTopicLine, DlqTopicReport, KeyDiff, Report, TableReport, diff_dlq
 from app.verify.dlq_topic import DlqTopicTally
-from app.verify.store import HEAVY_SETTINGS, SLOTS, VerifyStore
+from app.verify.store import SLOTS, VerifyStore
 from app.verify.truth import LATE_HOUR_BIT, LATE_MINUTE_BIT, TruthCounts
 
 # How many split accounts the report lists (their number is always exact).
@@ -65,7 +65,7 @@ def diff_table(store: VerifyStore, kind: str, table_exists: bool, max_diffs: int
             SELECT window_start, account_id, country, event_count, sum_amount, 1 FROM final_{kind}
         )
         GROUP BY window_start, account_id, country
-        SETTINGS {HEAVY_SETTINGS}""")
+        SETTINGS {store.heavy_settings}""")
     # Totals in Int256: they add up values that are each at most Int128.
     (t_rows, t_events, t_amount, c_rows, c_events, c_amount, missing, extra, different, duplicates), = store.rows(
         f"""SELECT countIf(t_count > 0), sum(t_count), toString(sum(toInt256(t_sum))),
@@ -73,7 +73,7 @@ def diff_table(store: VerifyStore, kind: str, table_exists: bool, max_diffs: int
                    countIf(t_count > 0 AND c_rows = 0), countIf(t_count = 0 AND c_rows > 0),
                    countIf(t_count > 0 AND c_rows > 0 AND (c_count != t_count OR c_sum != t_sum)),
                    sumIf(c_rows - 1, c_rows > 1)
-            FROM {keys} SETTINGS {HEAVY_SETTINGS}""")
+            FROM {keys} SETTINGS {store.heavy_settings}""")
     examples = tuple(
         KeyDiff((int(ws), int(account), str(country)),
                 (int(tc), int(ts)) if int(tc) > 0 else None,
@@ -83,7 +83,7 @@ def diff_table(store: VerifyStore, kind: str, table_exists: bool, max_diffs: int
             f"""SELECT window_start, account_id, country, t_count, toString(t_sum), c_rows, c_count, toString(c_sum)
                 FROM {keys} WHERE {_DIFFERS}
                 ORDER BY window_start, account_id, country LIMIT {{n:UInt64}}
-                SETTINGS {HEAVY_SETTINGS}""", {"n": max_diffs}))
+                SETTINGS {store.heavy_settings}""", {"n": max_diffs}))
     store.command(f"DROP TABLE {keys} SYNC")  # its disk is not needed any more
     return TableReport(
         kind=kind, table=TABLE_OF_KIND[kind],
@@ -108,7 +108,7 @@ def diff_dlq_topic(store: VerifyStore, tally: DlqTopicTally, max_diffs: int) -> 
                         UNION ALL SELECT partition, slot, offset, 1 FROM dlq_topic)
                   GROUP BY partition, slot, offset)
             GROUP BY partition, slot ORDER BY partition, slot
-            SETTINGS {HEAVY_SETTINGS}"""):
+            SETTINGS {store.heavy_settings}"""):
         reason, kind = SLOTS[int(slot)]
         lines.append(DlqTopicLine(int(p), reason, kind, int(truth), int(topic),
                                   tuple(int(o) for o in missing_first[:max_diffs]), int(missing),
@@ -122,11 +122,11 @@ def split_accounts(store: VerifyStore, listed: int) -> tuple[int, dict[int, tupl
     of them (ascending) with their partitions."""
     store.command("CREATE TABLE split_accounts (account_id UInt64) ENGINE = MergeTree ORDER BY account_id")
     store.command(f"""INSERT INTO split_accounts SELECT account_id FROM events GROUP BY account_id
-                      HAVING min(partition) != max(partition) SETTINGS {HEAVY_SETTINGS}""")
+                      HAVING min(partition) != max(partition) SETTINGS {store.heavy_settings}""")
     (count,), = store.rows("SELECT count() FROM split_accounts")
     found = {int(account): tuple(int(p) for p in partitions) for account, partitions in store.rows(
         f"""SELECT account_id, arraySort(groupUniqArray(partition)) FROM events
             WHERE account_id IN (SELECT account_id FROM split_accounts ORDER BY account_id LIMIT {{n:UInt64}})
-            GROUP BY account_id ORDER BY account_id SETTINGS {HEAVY_SETTINGS}""", {"n": listed})}
+            GROUP BY account_id ORDER BY account_id SETTINGS {store.heavy_settings}""", {"n": listed})}
     store.command("DROP TABLE split_accounts SYNC")
     return int(count), found

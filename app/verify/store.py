@@ -47,15 +47,17 @@ FINAL_COLUMNS: Final = ("window_start UInt32, account_id UInt64, country String,
 
 FLUSH_ROWS: Final = 1_000_000  # ~27 MB of event rows per insert
 
-# Every heavy query: past these ClickHouse writes its GROUP BY / sort state to disk in the
-# work directory instead of growing; max_memory_usage turns a runaway into a clear error
-# rather than the machine's OOM killer.
-SPILL_BYTES: Final = 512 * 1024 * 1024
-HEAVY_SETTINGS: Final = (f"max_bytes_before_external_group_by = {SPILL_BYTES}, "
-                         f"max_bytes_before_external_sort = {SPILL_BYTES}, "
-                         "max_bytes_ratio_before_external_group_by = 0, "
-                         "max_bytes_ratio_before_external_sort = 0, "
-                         f"max_memory_usage = {2 * 1024 ** 3}, max_threads = 2")
+DEFAULT_SPILL_MIB: Final = 512
+
+
+def heavy_settings(spill_bytes: int) -> str:
+    """Settings of every heavy query: past `spill_bytes` ClickHouse writes its GROUP BY / sort
+    state to disk in the work directory instead of growing; max_memory_usage turns a runaway
+    into a clear error rather than the machine's OOM killer."""
+    limit = max(2 * 1024**3, spill_bytes + 512 * 1024**2)
+    return (f"max_bytes_before_external_group_by = {spill_bytes}, max_bytes_before_external_sort = {spill_bytes}, "
+            "max_bytes_ratio_before_external_group_by = 0, max_bytes_ratio_before_external_sort = 0, "
+            f"max_memory_usage = {limit}, max_threads = 2")
 
 
 class _Buffer:
@@ -83,7 +85,8 @@ class _Buffer:
 class VerifyStore:
     """A fresh chDB database in a temporary directory under `parent` (removed on close)."""
 
-    def __init__(self, parent: Path | None = None) -> None:
+    def __init__(self, parent: Path | None = None, spill_mib: int = DEFAULT_SPILL_MIB) -> None:
+        self.heavy_settings = heavy_settings(spill_mib * 1024**2)
         self.work_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=parent))
         self._batch_path = self.work_dir / "batch.rowbinary"
         try:
