@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -113,8 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     serve_metrics(args.metrics_port, args.metrics_host)
+    # SIGTERM unwinds like Ctrl-C, so the work directory and the reader process go with it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with gc_paused():  # see gc_paused: the whole run builds big acyclic dicts (truth, FINAL)
+        with gc_paused():  # see gc_paused: classifying allocates many short-lived objects, no cycles
             return _run(args)
     except ServiceLocked as e:  # before FatalError: it is one
         _error(str(e))
@@ -132,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("verify_failed")
         _error(f"unexpected {type(e).__name__}: {e}")
         return EXIT_UNAVAILABLE
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _error(message: str) -> None:
