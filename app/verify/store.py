@@ -78,7 +78,7 @@ class _Buffer:
     def packed(self) -> bytes:
         rows = np.empty(len(self), dtype=self.dtype)
         for name, column in self.columns.items():
-            rows[name] = np.frombuffer(column, dtype=rows.dtype[name]) if len(column) else 0
+            rows[name] = np.frombuffer(column, dtype=rows.dtype[name])
         return rows.tobytes()
 
 
@@ -158,7 +158,8 @@ class VerifyStore:
     def import_final(self, kind: str, native_file: Path) -> None:
         """The pipeline's `SELECT ... FINAL` rows of one window kind, as final_export.py wrote them."""
         self.command(f"INSERT INTO final_{_kind(kind)} SELECT window_start, account_id, country, event_count, "
-                     "sum_amount FROM file({path:String}, Native)", {"path": str(native_file)})
+                     "sum_amount FROM file({path:String}, Native, {columns:String})",
+                     {"path": str(native_file), "columns": FINAL_COLUMNS})
 
     # ---- querying -------------------------------------------------------------------------
 
