@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 N ?= 5
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
+MONITORING ?= 0
 export BROKERS
 
 .PHONY: help install up down status demo test test-fast test-repeat bench chaos clean
@@ -22,17 +23,20 @@ install: .data/.python-deps  ## pip-install the pinned Python dependencies
 	$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
 	@mkdir -p .data && touch $@
 
-up: install  ## start Kafka (BROKERS=1|3) and Postgres, migrate the ledger (idempotent)
+up: install  ## start Kafka (BROKERS=1|3) and Postgres, migrate the ledger; MONITORING=1: Prometheus + dashboard
 	@infra/kafka.sh up
 	@infra/postgres.sh up
+	@if [ "$(MONITORING)" = 1 ]; then infra/prometheus.sh up; fi
 
 down:  ## stop what `make up` started
+	@infra/prometheus.sh down
 	@infra/kafka.sh down
 	@infra/postgres.sh down
 
 status:  ## show the local stack
 	@infra/kafka.sh status
 	@infra/postgres.sh status
+	@infra/prometheus.sh status
 
 demo: up  ## the main job end to end on embedded ClickHouse, ending with verify's verdict
 	@EVENTS=$(EVENTS) $(PYTHON) -m experiments.demo --events $(EVENTS)

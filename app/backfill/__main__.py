@@ -28,7 +28,7 @@ from app.core.errors import FatalError, PipelineError, RetryableError, ServiceLo
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.logging import configure_logging
-from app.core.metrics import serve_metrics
+from app.core.serve import serve_metrics
 from app.processor.windows import LatenessPolicy
 
 log = structlog.get_logger("backfill")
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          require_clickhouse=args.require_clickhouse, batch_rows=args.batch_rows,
                          service_timeout_s=args.service_timeout, max_examples=args.max_diffs)
     try:
-        serve_metrics(args.metrics_port, args.metrics_host)
+        serve_metrics(args.metrics_port, args.metrics_host, stage="backfill")
         outcome = Backfill(cfg).run()
     except ServiceLocked as e:  # before FatalError: it is one
         return _error(str(e), EXIT_LOCKED)

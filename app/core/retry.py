@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import structlog
 
+from app.core import health
 from app.core.errors import RetryableError
 
 T = TypeVar("T")
@@ -51,6 +52,7 @@ def retry_call(
             delay = backoff.next_delay_s()
             if should_stop() or (deadline_s is not None and time.monotonic() - started + delay > deadline_s):
                 raise
+            health.beat()  # waiting on a service is not a dead loop: a restart would not help
             log.warning("service_retry", what=what, attempt=backoff.attempt, delay_s=round(delay, 2),
                         error=f"{type(e).__name__}: {e}")
             time.sleep(delay)

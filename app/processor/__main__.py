@@ -24,8 +24,10 @@ from app.core.config import (
 from app.core.errors import FatalError, PipelineError, PipelineMismatch, RetryableError
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
+from app.core.health import HEALTH
 from app.core.logging import configure_logging
-from app.core.metrics import serve_metrics
+from app.core.probes import watch_services
+from app.core.serve import serve_metrics
 from app.processor.config import ProcessorConfig
 from app.processor.engine import Processor
 from app.processor.leveldb_store import LevelDBOptions
@@ -138,10 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                           leveldb=LevelDBOptions(cache_bytes=args.state_cache_mb << 20,
                                                  write_buffer_bytes=args.state_write_buffer_mb << 20),
                           snapshot_chunk_rows=args.snapshot_chunk_rows)
-    serve_metrics(args.metrics_port, args.metrics_host)
+    serve_metrics(args.metrics_port, args.metrics_host, stage="processor", pipeline_id=cfg.services.pipeline_id)
     processor = None
     try:
         processor = Processor(cfg)
+        if args.metrics_port:
+            watch_services(cfg.services)
+            HEALTH.add_condition("owns_partitions", lambda: bool(processor is not None and processor.owned))
         return processor.run()
     except PipelineMismatch as e:  # before FatalError: it is one; an operator decision, like a bad flag
         sys.stdout.flush()

@@ -39,8 +39,8 @@ from app.core.config import (
 )
 from app.core.errors import FatalError, RetryableError, ServiceLocked
 from app.core.logging import configure_logging
-from app.core.metrics import serve_metrics
 from app.core.retry import retry_call
+from app.core.serve import serve_metrics
 from app.verify.compare import read_ledger_dlq, read_ledger_positions
 from app.verify.dlq_topic import read_dlq_topic
 from app.verify.final_export import PipelineFinal
@@ -113,7 +113,7 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    serve_metrics(args.metrics_port, args.metrics_host)
+    serve_metrics(args.metrics_port, args.metrics_host, stage="verify")
     # SIGTERM unwinds like Ctrl-C, so the work directory and the reader process go with it.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
