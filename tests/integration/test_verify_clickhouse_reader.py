@@ -18,8 +18,8 @@ import pytest
 
 from app.verify.final_export import PipelineFinal
 from tests.conftest import REPO, Pipeline
-from tests.sink_support import SERVER_PASSWORD, ClickHouseServer
-from tests.sink_support import clickhouse_server as running_clickhouse_server
+from tests.clickhouse_server import SERVER_PASSWORD, ClickHouseServer
+from tests.clickhouse_server import clickhouse_server as running_clickhouse_server
 
 
 @pytest.fixture(scope="module")
