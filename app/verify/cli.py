@@ -96,7 +96,7 @@ def build_parser() -> ArgumentParser:
                         "[VERIFY_WORK_DIR, default the system's temporary directory]")
     w.add_argument("--spill-mib", type=positive_int_arg, default=DEFAULT_SPILL_MIB, metavar="MIB",
                    help="aggregation state past which verify's ClickHouse spills to disk instead of growing "
-                        "(default %(default)s; the process peaks near 1 GiB above it)")
+                        "(default %(default)s; measured peaks with 2M keys: 0.85 GiB at 128, 1.1 GiB at 512)")
     r = parser.add_argument_group("retries")
     r.add_argument("--service-timeout", type=duration_arg, default=30.0, metavar="DURATION",
                    help="how long to retry an unreachable Kafka / Postgres / ClickHouse server (default 30s)")
