@@ -198,6 +198,13 @@ RECONCILE_SETTLED_UNTIL = _in(Gauge("pipeline_reconcile_settled_until_seconds",
                                     ["table"], registry=None), "sink")
 RECONCILE_SAMPLES = _in(Counter("pipeline_reconcile_samples_total", "Reconciliation samples, by outcome",
                                 ["table", "outcome"], registry=None), "sink")
+# proven delivery (issue 16): the check in ClickHouse before acknowledging, and its repairs
+SINK_CHECKS = _in(Counter("pipeline_sink_checks_total", "Groups checked in ClickHouse before their acknowledgement",
+                          ["table", "reason"], registry=None), "sink")
+SINK_REPAIRS = _in(Counter("pipeline_sink_repairs_total", "Repair inserts of rows a check found missing", ["table"],
+                           registry=None), "sink")
+SINK_REPAIRED_ROWS = _in(Counter("pipeline_sink_repaired_rows_total", "Rows re-sent by repair inserts", ["table"],
+                                 registry=None), "sink")
 
 # ---- backfill -----------------------------------------------------------------
 BACKFILL_RECORDS = _in(Counter("pipeline_backfill_records_total", "Input records replayed by backfill",

@@ -35,6 +35,13 @@ def group_token(pipeline_id: str, gid: int) -> str:
     return f"{pipeline_id}:g{gid}"
 
 
+def repair_token(pipeline_id: str, gid: int, repair_no: int) -> str:
+    """The token of a group's repair insert number `repair_no` (1, 2, ...): never equal to
+    the group's own token or to another repair's, so ClickHouse cannot take a repair's
+    blocks for blocks it already holds (docs/sink.md, "Proven delivery")."""
+    return f"{group_token(pipeline_id, gid)}:r{repair_no}"
+
+
 def dedup_token(pipeline_id: str, batch: int) -> str:
     """The ClickHouse insert_deduplication_token of a batch: same batch, same token."""
     return f"{pipeline_id}:{batch}"

@@ -7,6 +7,9 @@ resumes the open group with the same members and the same recorded layout, hence
 rows in the same blocks with the same token, instead of sending blocks ClickHouse could
 not recognise (it deduplicates a block by token and position, not by content).
 
+Proven delivery: a checked group's acknowledgement records why it was checked, and every
+repair insert is recorded (its number, hence its token) before it is sent.
+
 The backlog figures (what backpressure bounds) are in backlog.py.
 """
 
@@ -21,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from app.core.errors import InvariantViolation, RetryableError
 from app.ledger import rows as window_rows
-from app.ledger.identity import group_id, group_token
+from app.ledger.identity import group_id, group_token, repair_token
 from app.ledger.ledger import Connection, Ledger
 
 
@@ -41,6 +44,7 @@ class BatchHeader:
 
 
 BLOCK_CUTS: Final = ("rows", "utc_day")
+CHECK_REASONS: Final = ("retried", "sampled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,18 @@ class MemberRows:
     batch_id: int
     checkpoint_id: int                 # = ClickHouse version of the member's rows
     rows: pa.Table                     # window rows (app.ledger.rows schema)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRepair:
+    """One repair insert of a group: the rows a check found missing, under a token used
+    for these blocks only."""
+
+    group_id: int
+    repair_no: int                     # 1, 2, ... per group, never reused
+    token: str
+    missing_rows: int
+    checked_because: str               # 'retried' | 'sampled'
 
 
 def new_group(pipeline_id: str, table: str, members: Sequence[BatchHeader], reason: str,
@@ -141,7 +157,8 @@ def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
 
     A group row with the same id can only pre-exist if its ledger batches were deleted and
     re-created (a reset scope re-running the same offsets): it is taken over, keeping the
-    layout it already had, since its earlier blocks may be in ClickHouse."""
+    layout and the attempt count it already had, since its earlier blocks may be in
+    ClickHouse."""
     if group.layout is None:
         raise InvariantViolation(f"group {group.group_id}: a group is recorded with its block layout")
     layout = group.layout
@@ -153,11 +170,11 @@ def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                ON CONFLICT (pipeline_id, group_id) DO UPDATE
                  SET status = 'pending', acked_at = NULL, reason = EXCLUDED.reason,
-                     row_count = EXCLUDED.row_count, insert_attempts = 0, created_at = now(),
+                     row_count = EXCLUDED.row_count, created_at = now(),
                      insert_block_rows = coalesce(g.insert_block_rows, EXCLUDED.insert_block_rows),
                      block_cut = coalesce(g.block_cut, EXCLUDED.block_cut),
                      insert_settings = coalesce(g.insert_settings, EXCLUDED.insert_settings)
-               RETURNING insert_block_rows, block_cut, insert_settings""",
+               RETURNING insert_block_rows, block_cut, insert_settings, insert_attempts""",
             (ledger.pipeline_id, group.group_id, group.table_name, group.token, list(group.member_batch_ids),
              group.row_count, group.reason, layout.block_rows, layout.cut, Jsonb(dict(layout.settings)))).fetchone()
         assert row is not None
@@ -168,7 +185,9 @@ def record_group(ledger: Ledger, group: InsertGroup) -> InsertGroup:
         if joined != len(group.member_batch_ids):
             raise GroupConflict(f"group {group.group_id}: {len(group.member_batch_ids) - joined} of "
                                 f"{len(group.member_batch_ids)} members already grouped or acknowledged")
-        return replace(group, layout=_layout(row))
+        # a group taken over keeps its attempt count: its token was sent before, so its
+        # next send is a retry, checked before it is acknowledged (app/sink/proof.py)
+        return replace(group, layout=_layout(row), insert_attempts=int(row[3]))
     return ledger.transaction(tx)
 
 
@@ -200,11 +219,44 @@ def record_group_attempt(ledger: Ledger, group: InsertGroup) -> None:
     ledger.transaction(tx)
 
 
-def acknowledge_group(ledger: Ledger, group: InsertGroup) -> None:
-    """After a successful insert, one transaction: the group and all its members acked."""
+def record_repair(ledger: Ledger, group: InsertGroup, missing_rows: int, checked_because: str) -> GroupRepair:
+    """Before a repair insert, one transaction: the group's next repair number and its
+    token. A number is never reused, also after a crash: the blocks a repair sent are
+    known only to the process that computed them, so a restarted sink checks again and
+    takes a new number rather than send other blocks under an old token (which ClickHouse
+    would drop, block by block, as duplicates). The group row is locked so that two sinks
+    cannot take the same number."""
+    if missing_rows < 1 or checked_because not in CHECK_REASONS:
+        raise InvariantViolation(f"group {group.group_id}: a repair of {missing_rows} rows ({checked_because!r})")
+
+    def tx(conn: Connection) -> GroupRepair:
+        if conn.execute("SELECT 1 FROM sink_group WHERE pipeline_id = %s AND group_id = %s FOR UPDATE",
+                        (ledger.pipeline_id, group.group_id)).fetchone() is None:
+            raise InvariantViolation(f"group {group.group_id} vanished from the ledger while repairing it")
+        row = conn.execute("""SELECT coalesce(max(repair_no), 0) + 1 FROM sink_group_repair
+                              WHERE pipeline_id = %s AND group_id = %s""",
+                           (ledger.pipeline_id, group.group_id)).fetchone()
+        assert row is not None
+        repair = GroupRepair(group.group_id, int(row[0]), repair_token(ledger.pipeline_id, group.group_id, int(row[0])),
+                             missing_rows, checked_because)
+        conn.execute("""INSERT INTO sink_group_repair (pipeline_id, group_id, repair_no, token, missing_rows,
+                                                       checked_because)
+                        VALUES (%s, %s, %s, %s, %s, %s)""",
+                     (ledger.pipeline_id, group.group_id, repair.repair_no, repair.token, missing_rows,
+                      checked_because))
+        return repair
+    return ledger.transaction(tx)
+
+
+def acknowledge_group(ledger: Ledger, group: InsertGroup, checked: str | None = None) -> None:
+    """After a successful insert (and, when `checked` says why, a check in ClickHouse that
+    found every row), one transaction: the group and all its members acked."""
+    if checked is not None and checked not in CHECK_REASONS:
+        raise InvariantViolation(f"group {group.group_id}: unknown check reason {checked!r}")
+
     def tx(conn: Connection) -> None:
-        conn.execute("""UPDATE sink_group SET status = 'acked', acked_at = now()
-                        WHERE pipeline_id = %s AND group_id = %s""", (ledger.pipeline_id, group.group_id))
+        conn.execute("""UPDATE sink_group SET status = 'acked', acked_at = now(), checked = coalesce(%s, checked)
+                        WHERE pipeline_id = %s AND group_id = %s""", (checked, ledger.pipeline_id, group.group_id))
         conn.execute("""UPDATE sink_batch SET status = 'acked', acked_at = now()
                         WHERE pipeline_id = %s AND batch_id = ANY(%s) AND status = 'pending'""",
                      (ledger.pipeline_id, list(group.member_batch_ids)))

@@ -28,6 +28,7 @@ from app.core.serve import serve_metrics
 from app.sink.faults import FAULT_MODES, FaultyWriter, InsertFaultPlan
 from app.sink.groups import GroupPolicy
 from app.sink.loop import DEFAULT_INSERT_BLOCK_ROWS, Sink, SinkConfig
+from app.sink.proof import DEFAULT_CHECK_SAMPLE_RATE
 from app.sink.reconcile import ReconcilePolicy, Reconciler
 from app.sink.writer import ClickHouseWriter, RollupWriter
 
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit once no batch is pending and the processor finished its --until-end run")
     b = p.add_argument_group("insert size")
     b.add_argument("--batch-rows", type=positive_int_arg, default=100_000,
-                   help="coalesce pending batches of a table until an insert holds at least this many rows "
+                   help="coalesce pending batches of a table into inserts of up to about this many rows "
                         "(default %(default)s)")
     b.add_argument("--batch-max-wait", type=duration_arg, default=5.0, metavar="DURATION",
                    help="insert whatever a table has pending once its oldest batch has waited this long "
@@ -57,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconcile-every", type=duration_arg, default=15.0, metavar="DURATION",
                    help="compare the ledger's settled, acknowledged totals with ClickHouse FINAL this often "
                         "(pipeline_reconcile_* metrics; 0 = never) (default 15s)")
+    t = p.add_argument_group("insert latency")
+    t.add_argument("--batch-min-rows", type=positive_int_arg, default=10_000, metavar="N",
+                   help="insert a table's pending rows as soon as they reach N (up to --batch-rows per insert) "
+                        "instead of waiting for --batch-rows; fewer wait for --batch-max-wait (default %(default)s)")
+    v = p.add_argument_group("proven delivery")
+    v.add_argument("--check-sample-rate", type=fraction_arg, default=DEFAULT_CHECK_SAMPLE_RATE, metavar="P",
+                   help="check this fraction of first attempts in ClickHouse (every row present at its version "
+                        "or newer) before acknowledging, repairing what is missing; groups sent more than once "
+                        "are always checked (default %(default)s)")
     f = p.add_argument_group("insert fault injection (testing; needs --fault-injection)")
     f.add_argument("--fail-insert-every", type=non_negative_int_arg, default=0, metavar="N",
                    help="make every Nth insert call fail (then retried), 0 = never (default 0)")
@@ -85,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     log = structlog.get_logger("sink")
     settings = service_settings(args)
     cfg = SinkConfig(services=settings, until_idle=args.until_idle,
-                     policy=GroupPolicy(batch_rows=args.batch_rows, max_wait_s=args.batch_max_wait),
-                     insert_block_rows=args.insert_block_rows, async_insert=args.async_insert)
+                     policy=GroupPolicy(batch_rows=args.batch_rows, max_wait_s=args.batch_max_wait,
+                                        min_rows=args.batch_min_rows),
+                     insert_block_rows=args.insert_block_rows, async_insert=args.async_insert,
+                     check_sample_rate=args.check_sample_rate)
     try:
         raise_fatal_on_bad_url(settings.clickhouse_url)
         serve_metrics(args.metrics_port, args.metrics_host, stage="sink", pipeline_id=settings.pipeline_id)

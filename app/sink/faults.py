@@ -14,7 +14,8 @@ which the sink retries like a real ClickHouse error — same group, same rows, s
             insert of a single block has no middle: nothing is written;
 - `drop`:   nothing is written and the call reports success: a ClickHouse that loses an
             acknowledged block. It breaks exactly-once on purpose, so that tests can show
-            that verify (and the chaos report) notice a loss instead of hiding it.
+            that verify (and the chaos report) notice a loss instead of hiding it, and that
+            the sink's delivery check (`--check-sample-rate`) repairs it.
 
 Which calls fail is deterministic: every Nth call, and/or each call with probability P
 drawn from a generator seeded by `seed`.
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import numpy as np
 import pyarrow as pa
 import structlog
 
@@ -103,6 +105,9 @@ class FaultyWriter:
                     blocks=len(blocks), blocks_written=written)
         raise InjectedInsertFault(f"injected insert fault ({mode}): {written} of {len(blocks)} blocks "
                                   f"of {table} written")
+
+    def missing_rows(self, table: str, rows: pa.Table) -> np.ndarray:
+        return self.inner.missing_rows(table, rows)  # the check sees what ClickHouse really holds
 
     def close(self) -> None:
         self.inner.close()

@@ -29,8 +29,13 @@ SORT_KEYS: Final = [("window_start", "ascending"), ("account_id", "ascending"), 
 
 @dataclass(frozen=True, slots=True)
 class GroupPolicy:
-    batch_rows: int = 100_000      # coalesce until a group holds at least this many rows
-    max_wait_s: float = 5.0        # ... or its oldest batch has waited this long
+    batch_rows: int = 100_000      # a group closes once it holds this many rows (a backlog is cut into such groups)
+    max_wait_s: float = 5.0        # a group smaller than min_rows goes once its oldest batch waited this long
+    min_rows: int = 10_000         # ... a group this large goes at once: no insert waits for rows it need not have
+
+    @property
+    def ready_rows(self) -> int:
+        return min(self.min_rows, self.batch_rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +52,13 @@ class GroupPlan:
 def plan_group(batches: Sequence[BatchHeader], policy: GroupPolicy, *, drain: bool) -> GroupPlan | None:
     """The next group from ungrouped pending batches (checkpoint order), or None to wait.
 
-    Per table, consecutive batches accumulate until >= batch_rows ('rows'). A smaller
-    group is formed only once its oldest batch has waited max_wait_s ('max_wait') or no
-    more batches will come (`drain`: the processor finished its --until-end run). Among
-    ready tables, the one whose oldest batch is oldest goes first."""
+    Per table, consecutive batches accumulate up to batch_rows (the batch that reaches it
+    included). The group goes as soon as it holds min_rows ('rows'): waiting for more
+    would only add latency, and a backlog still makes large groups because everything
+    pending, up to batch_rows, is taken. A group below min_rows goes only once its oldest
+    batch has waited max_wait_s ('max_wait') or no more batches will come (`drain`: the
+    processor finished its --until-end run). Among ready tables, the one whose oldest batch
+    is oldest goes first."""
     by_table: dict[str, list[BatchHeader]] = {}
     for b in sorted(batches, key=lambda b: (b.checkpoint_id, b.table_name)):
         by_table.setdefault(b.table_name, []).append(b)
@@ -63,7 +71,7 @@ def plan_group(batches: Sequence[BatchHeader], policy: GroupPolicy, *, drain: bo
             rows += b.row_count
             if rows >= policy.batch_rows:
                 break
-        if rows >= policy.batch_rows:
+        if rows >= policy.ready_rows:
             reason = "rows"
         elif drain:
             reason = "drain"

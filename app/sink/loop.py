@@ -9,7 +9,9 @@ The life of a group (docs/sink.md; mirrored in docs/exactly-once.md):
    transaction, BEFORE anything is sent;
 3. count the attempt (group and members);
 4. insert the members' rows — sorted into one total order, cut into blocks by the
-   group's recorded layout — with the group's token;
+   group's recorded layout — with the group's token; then, if the token was sent more
+   than once (or the group is in the check sample), check in ClickHouse that every row
+   landed and repair what did not (app/sink/proof.py);
 5. acknowledge the group and every member, one transaction.
 
 A crash anywhere before 5 leaves the group open; on restart open groups are resumed
@@ -48,6 +50,7 @@ from app.ledger.sink_groups import BlockLayout, GroupConflict, InsertGroup
 from app.ledger.until_end import sink_run_state
 from app.sink.groups import GroupPolicy, cut_blocks, group_rows, plan_group, resolve_layout
 from app.sink.latency import LatencyObserver
+from app.sink.proof import DEFAULT_CHECK_SAMPLE_RATE, DeliveryProof, check_reason
 from app.sink.reconcile import Reconciler
 from app.sink.writer import RollupWriter
 
@@ -71,6 +74,7 @@ class SinkConfig:
     policy: GroupPolicy = field(default_factory=GroupPolicy)
     insert_block_rows: int = DEFAULT_INSERT_BLOCK_ROWS
     async_insert: bool = False
+    check_sample_rate: float = DEFAULT_CHECK_SAMPLE_RATE  # first attempts checked in ClickHouse (retried: all)
     idle_poll_s: float = 0.2
     fetch_batches: int = 10_000     # batch headers read per planning round
     backlog_every_s: float = 1.0    # refresh the backlog gauges at most this often
@@ -93,6 +97,7 @@ class Sink:
         s = cfg.services
         self.ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
         self.writer = writer
+        self.proof = DeliveryProof(self.ledger, writer, self._call)
         self.latency = LatencyObserver(self.ledger)
         self.reconciler = None if reconcile is None else reconcile(self.ledger)
         self.stopping = False
@@ -109,7 +114,7 @@ class Sink:
         handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_stop_grace_over)
         log.info("sink_started", batch_rows=self.cfg.policy.batch_rows, batch_max_wait_s=self.cfg.policy.max_wait_s,
                  insert_block_rows=self.cfg.insert_block_rows, async_insert=self.cfg.async_insert,
-                 **self.cfg.services.masked())
+                 check_sample_rate=self.cfg.check_sample_rate, **self.cfg.services.masked())
         try:
             # ClickHouse first: a wrong password or database stops the sink now, not at the first group
             self._call(self.writer.prepare, what="clickhouse_connect", backoff=Backoff(0.2, 10.0))
@@ -289,7 +294,11 @@ class Sink:
 
         self._call(insert, what="clickhouse_insert", backoff=Backoff(0.2, 10.0))
         crash_point("sink.after_insert")  # in ClickHouse, not yet acknowledged
-        self._call(lambda: groups_ledger.acknowledge_group(self.ledger, group), what="postgres_acknowledge")  # 5.
+        checked = check_reason(group.group_id, attempts, self.cfg.check_sample_rate)
+        if checked is not None:  # a resent token is where block dedup decides what lands: see for ourselves
+            self.proof.prove(group, data, checked)
+        self._call(lambda: groups_ledger.acknowledge_group(self.ledger, group, checked),
+                   what="postgres_acknowledge")  # 5.
         metrics.INFLIGHT_BATCHES.set(0)
         self.latency.acknowledged(group.member_batch_ids, time.time())
         self.groups_acked += 1
@@ -305,7 +314,7 @@ class Sink:
         metrics.SINK_GROUP_BATCHES.labels(table=table).observe(len(members))
         log.info("group_acknowledged", group_id=group.group_id, table=table, rows=data.num_rows,
                  batches=len(members), blocks=data.column(0).num_chunks, reason=group.reason,
-                 attempts=attempts, insert_s=round(insert_s, 4),
+                 attempts=attempts, checked=checked, insert_s=round(insert_s, 4),
                  seconds=round(time.monotonic() - started, 4))
 
 

@@ -8,6 +8,9 @@ retried group — same batches, same settings, same token — is dropped block b
 ClickHouse instead of stored twice, even when the first attempt died after writing some
 of its blocks.
 
+`missing_rows` is the proof of delivery (app/clickhouse/presence.py): which rows of a
+group the table holds neither at their version nor at a newer one.
+
 Errors are sorted by their ClickHouse code (app/clickhouse/errors.py): transient ones
 become a RetryableError (the group is retried), the others a ClickHouseRejected or
 ClickHouseConfigError that stops the sink with exit code 1 or 2.
@@ -21,11 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import structlog
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from app.clickhouse import presence
 from app.clickhouse.client import TOKEN_SETTING, ClickHouseTarget, block_layout_settings, connect, migrate
 from app.clickhouse.errors import classify, first_line, translate
 from app.core.config import mask_url
@@ -45,6 +50,10 @@ class RollupWriter(Protocol):
         synchronous insert) and `token`. Repeating the call with the same token, batches
         and settings — also after an attempt that wrote only some blocks — stores every
         row exactly once."""
+
+    def missing_rows(self, table: str, rows: pa.Table) -> np.ndarray:
+        """Positions of the rows of an insert that `table` holds neither at their version
+        nor at a newer one (FINAL semantics); empty when every row is there."""
 
     def close(self) -> None: ...
 
@@ -85,27 +94,34 @@ class ClickHouseWriter:
         except PipelineError:
             raise
         except (ClickHouseError, ConnectionError, TimeoutError, OSError) as e:
-            kind = classify(e)
-            transport = kind.code is None and isinstance(e, (OperationalError, ConnectionError, TimeoutError, OSError))
-            self._failed(table, token, e, transport=transport, kind=kind.kind)
-            if kind.kind != "transient":
-                raise translate(e, f"the insert into {table}", self.url) from e
-            if transport:
-                # the server may or may not have applied the insert; the retry's token
-                # settles it. The connection itself is suspect: reconnect.
-                raise RetryableError(f"ClickHouse insert into {table} failed (connection): "
-                                     f"{type(e).__name__}: {first_line(e)}") from e
-            # the server answered with a transient error (too many parts, memory, timeout, ...)
-            raise RetryableError(f"ClickHouse insert into {table} failed ({kind.label}): "
-                                 f"{type(e).__name__}: {first_line(e)}") from e
+            # an unanswered insert may or may not have been applied: the retry's token settles it
+            raise self._failed("insert", table, e, token=token) from e
 
-    def _failed(self, table: str, token: str, e: BaseException, *, transport: bool, kind: str) -> None:
+    def missing_rows(self, table: str, rows: pa.Table) -> np.ndarray:
+        try:
+            return presence.missing_rows(self.client(), table, rows)
+        except PipelineError:
+            raise
+        except (ClickHouseError, ConnectionError, TimeoutError, OSError) as e:
+            raise self._failed("check", table, e) from e
+
+    def _failed(self, what: str, table: str, e: BaseException, *, token: str | None = None) -> PipelineError:
+        """Log a failed insert or check and return the error to raise: transient ones
+        (connection, too many parts, memory, timeout, ...) are retried, others stop the sink.
+        The connection is dropped when it is suspect (transport) or on a server."""
+        kind = classify(e)
+        transport = kind.code is None and isinstance(e, (OperationalError, ConnectionError, TimeoutError, OSError))
         reconnect = transport or self._server
-        log.warning("clickhouse_insert_failed", table=table, token=token, error_class=type(e).__name__,
-                    code=classify(e).code, kind=kind, transport=transport, reconnect=reconnect,
+        log.warning(f"clickhouse_{what}_failed", table=table, token=token, error_class=type(e).__name__,
+                    code=kind.code, kind=kind.kind, transport=transport, reconnect=reconnect,
                     url=mask_url(self.url), error=first_line(e))
         if reconnect:
             self.close()
+        doing = f"insert into {table}" if what == "insert" else f"delivery check of {table}"
+        if kind.kind != "transient":
+            return translate(e, f"the {doing}", self.url)
+        why = "connection" if transport else kind.label
+        return RetryableError(f"ClickHouse {doing} failed ({why}): {type(e).__name__}: {first_line(e)}")
 
     def close(self) -> None:
         if self._client is not None:

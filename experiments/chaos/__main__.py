@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an armed processor incarnation dies inside its Nth checkpoint, N in LO..HI (default 8-40)")
     f.add_argument("--no-oversized", action="store_true", help="hostile bursts without 600 KB / 2 MB / 10 MB records")
     f.add_argument("--break-sink", action="store_true",
-                   help="a deliberately broken sink that silently drops every 3rd insert: the run must end NOT "
+                   help="a deliberately broken sink that silently drops every insert: the run must end NOT "
                         "EXACT (shows the harness never hides a mismatch)")
     p.add_argument("--max-pending-rows", type=positive_int_arg, default=None,
                    help="processors pause reading above this ClickHouse backlog; a stall must be able to "

@@ -10,7 +10,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from experiments.benchkit.proc import Child
 from experiments.chaos.schedule import ProcessorIncarnation, Schedule, SinkIncarnation
@@ -88,6 +88,7 @@ class Incarnation:
     settings: dict[str, Any]
     stopped: bool = False   # SIGSTOPped right now
     killed_by_harness: bool = False
+    working: bool = False   # has logged the first sign of its real work (see Fleet.at_work)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Fleet:
     started_at: float
     processor_args: tuple[str, ...]
     sink_args: tuple[str, ...]
-    break_sink: bool = False             # every sink incarnation drops every 3rd insert silently
+    break_sink: bool = False             # every sink incarnation drops every insert silently
     arm: bool = True                     # False while draining: new incarnations start unarmed
     exits: list[Exit] = field(default_factory=list)
     processors: dict[int, Incarnation] = field(default_factory=dict)
@@ -140,7 +141,9 @@ class Fleet:
         spec = None
         settings: dict[str, Any] = {"insert_block_rows": inc.insert_block_rows, "async_insert": inc.async_insert}
         if self.break_sink:  # a negative control: never armed otherwise, even while draining
-            args += ["--fault-injection", "--fail-insert-every", "3", "--fail-insert-mode", "drop"]
+            # no sampled delivery check: it would find and repair some of the dropped inserts
+            args += ["--fault-injection", "--fail-insert-every", "1", "--fail-insert-mode", "drop",
+                     "--check-sample-rate", "0"]
             settings.update(fail_mode="drop")
         elif self.arm:
             spec = inc.crash_spec
@@ -198,9 +201,28 @@ class Fleet:
         self.exits.append(e)
         return e
 
+    # A planned kill lands once its target shows its first sign of real work, or has been up
+    # long enough to be past start-up (idle, with nothing to do): a kill during start-up
+    # (imports, connecting) hits none of the paths under test, and on a loaded machine every
+    # planned sink kill could land there (a CI run once injected no insert error at all).
+    WORK_STARTED: ClassVar[dict[str, bytes]] = {"processor": b'"event": "processor_started"',
+                                                "sink": b'"event": "group_recorded"'}
+    PAST_START_UP_S: ClassVar[float] = 20.0
+
+    def at_work(self, inc: Incarnation, role: str) -> bool:
+        if not inc.working:
+            try:
+                inc.working = (self.WORK_STARTED[role] in inc.child.log_path.read_bytes()
+                               or time.time() - inc.child.started_at >= self.PAST_START_UP_S)
+            except FileNotFoundError:
+                return False
+        return inc.working
+
     def kill_processor(self, slot: int) -> bool:
         inc = self.processors.get(slot)
         if inc is None or inc.child.returncode is not None or inc.killed_by_harness:
+            return False
+        if not self.at_work(inc, "processor"):
             return False
         if inc.stopped:
             os.kill(inc.child.pid, signal.SIGCONT)
@@ -211,6 +233,8 @@ class Fleet:
 
     def kill_sink(self) -> bool:
         if self.sink is None or self.sink.child.returncode is not None or self.sink.killed_by_harness:
+            return False
+        if not self.at_work(self.sink, "sink"):
             return False
         if self.sink.stopped:
             os.kill(self.sink.child.pid, signal.SIGCONT)

@@ -44,7 +44,7 @@ class RunConfig:
     late_fraction: float = 0.02
     invalid_fraction: float = 0.002
     oversized: bool = True
-    break_sink: bool = False              # the sink drops every 3rd insert silently (a negative control)
+    break_sink: bool = False              # the sink drops every insert silently (a negative control)
     max_pending_rows: int = 300_000
     drain_timeout_s: float = 900.0
     command: str = ""
@@ -255,13 +255,14 @@ class ChaosRun:
                 ok, target = fleet.kill_processor(slot), f"processor{slot}"
             else:
                 ok, target = fleet.kill_sink(), "sink"
-            if not ok and f.attempt < 40:
-                # the target is between incarnations (just killed, not yet restarted): a planned
-                # kill always lands, on the next incarnation, so the run's kill count is the plan's
+            if not ok and f.attempt < 120:
+                # the target is between incarnations (just killed, not yet restarted) or still
+                # starting up (Fleet.at_work): a planned kill always lands, on the next incarnation
+                # once it works, so the run's kill count is the plan's
                 pending.append(replace(f, at_s=now + 0.5, attempt=f.attempt + 1))
                 pending.sort(key=lambda x: x.at_s)
                 return
-            rec = FaultRecord(now, f.kind, target, "SIGKILL" if ok else "no live target after 20 s",
+            rec = FaultRecord(now, f.kind, target, "SIGKILL" if ok else "no live target after 60 s",
                               detail={"planned_at_s": f.at_s} if f.attempt else {})
         elif f.kind == "sink_stall":
             ok = fleet.pause(fleet.sink, True)

@@ -178,7 +178,8 @@ class FlakyClient:
         self.schedule = schedule
 
     def insert_arrow(self, table: str, rows: pa.Table, **kwargs: Any) -> Any:
-        fault = self.schedule.pop(0) if self.schedule else None
+        # rollup inserts only: the delivery check of a retried group uploads its keys too
+        fault = self.schedule.pop(0) if self.schedule and table in TABLES else None
         if fault == "refused":
             raise OperationalError("Error HTTPConnectionPool(host='ch', port=8123): Connection refused")
         result = self.inner.insert_arrow(table, rows, **kwargs)

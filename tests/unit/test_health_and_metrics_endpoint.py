@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from app.core import metrics
 from app.core.health import Health
 from app.core.serve import app_for
+from tests.helpers import wait_for
 
 
 def call(app: Any, path: str) -> tuple[str, bytes]:
@@ -46,6 +47,19 @@ def test_readiness_follows_probes_and_conditions_and_liveness_the_loop() -> None
     health._beat -= 61  # the loop has not turned for longer than stall_s
     assert call(app, "/healthz")[0].startswith("503")
     assert call(app, "/nothing")[0].startswith("404")
+
+
+def test_a_probe_added_later_runs_at_once_not_at_the_next_tick() -> None:
+    """A process registers its probes one after another (Postgres, then Kafka once its
+    consumer exists): the later one must not read "not probed yet" for a whole interval."""
+    health = Health(probe_every_s=3600)
+    try:
+        health.add_probe("postgres", lambda: None)
+        wait_for(lambda: health.ready()[1]["postgres"] == "ok", 10, "the first probe to run")
+        health.add_probe("kafka", lambda: None)
+        wait_for(lambda: health.ready()[1]["kafka"] == "ok", 10, "the probe added later to run without the 1 h wait")
+    finally:
+        health.close()
 
 
 def test_a_stage_exports_its_own_metrics_only() -> None:
