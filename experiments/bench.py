@@ -3,13 +3,17 @@
 Phases (each on fresh topics, pipeline ids, ledger rows and ClickHouse paths under
 .data/<run>/, removed at the end unless --keep):
   1. generate N events (`python -m app.gen`, as fast as possible) into a fresh topic;
-  2. anchor (a): raw confluent-kafka consume of that topic, no processing (median of 3);
+  2. anchor (a): raw confluent-kafka consume of that topic, no processing (median of 3), by
+     as many consumer processes at once as there are processor processes (--processors);
   3. catch-up: processor --until-end and sink --until-idle from an empty ledger, concurrently
-     (--repeat times, each from an empty ledger; the median run is the headline);
+     (--repeat times, each from an empty ledger; the median run is the headline); verify
+     (`python -m app.verify`) checks the first run's result, its exit code is in the JSON;
   4. anchor (b): Quix Streams 3.28.1 running the same job on the same topic, in its own
      virtualenv (.cache/quix-venv, created on demand; null with a reason if that fails);
-  5. open model: the generator at a fixed --rate while processor and sink run; lag over time
-     and per-record e2e latency; --find-max-rate searches for the highest flat-lag rate.
+     both job shapes on a prefix of --quix-events records, the faster one reported;
+  5. open model: the generator at a fixed rate while processor and sink run; lag over time
+     and per-record e2e latency; short trials search the highest flat-lag rate
+     (`max_flat_rate` is always a searched figure; --rate R --no-search runs one trial).
 
 Definitions:
   events_per_s   N / (max sink_batch.acked_at - the processor's first `partitions_assigned`)
@@ -73,35 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=non_negative_float_arg,
         default=0.0,
-        help="open-model rate in events/s; 0 = half the measured catch-up rate (default 0); "
-        "with --find-max-rate: the first rate tried (0 = 70%% of the catch-up rate)",
+        help="the first open-model rate tried in events/s (default 0 = 70%% of the catch-up rate); "
+        "with --no-search the only one",
     )
     p.add_argument(
-        "--find-max-rate",
+        "--no-search",
         action="store_true",
-        help="search for the highest rate at which lag stays flat (bounded: --search-steps trials)",
+        help="one open-model trial at --rate instead of searching the max flat-lag rate",
     )
+    p.add_argument("--find-max-rate", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument(
-        "--search-steps", type=positive_int_arg, default=5, help="open-model trials of the search (default 5)"
+        "--search-steps", type=positive_int_arg, default=4, help="open-model trials of the search (default 4)"
     )
     p.add_argument(
         "--open-seconds",
         type=non_negative_float_arg,
         default=0.0,
-        help="generator run time per open-model trial (default: 15 s below 1M events, else 45 s)",
+        help="generator run time per open-model trial (default: 10 s below 1M events, else 30 s)",
     )
     p.add_argument("--skip-quix", action="store_true", help="do not run the Quix Streams anchor")
     p.add_argument(
         "--quix-variant",
         choices=["group-by", "per-account", "both"],
-        default="group-by",
-        help="Quix job shape (experiments/anchors/quix_job.py); 'both' reports the faster (default group-by)",
+        default="both",
+        help="Quix job shape (experiments/anchors/quix_job.py); 'both' reports the faster (default both)",
     )
     p.add_argument(
         "--quix-events",
         type=positive_int_arg,
         default=None,
-        help="stop the Quix job after this many records (default: all N; Quix runs ~10k/s here)",
+        help="stop each Quix job after this many records (default: min(N, 100,000); Quix runs "
+        "~7k/s here, and its rate per record does not depend on the prefix)",
     )
     p.add_argument("--skip-open-model", action="store_true", help="do not run the open-model part")
     p.add_argument(
@@ -145,10 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="attach py-spy (if installed) to the processor(s) and sink of the first catch-up run "
         "and summarise by stage (rates of that run include the profiler's overhead)",
     )
+    p.add_argument("--verify", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument(
-        "--verify",
+        "--skip-verify",
         action="store_true",
-        help="run `python -m app.verify` on the first catch-up run's result (exit code reported)",
+        help="do not verify the first catch-up run's result (by default `python -m app.verify` "
+        "checks it; its exit code is in the JSON line, and a non-zero one fails the bench)",
     )
     p.add_argument(
         "--keep", action="store_true", help="keep topics, ledger rows and ClickHouse data of the run"
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         report["events"] = events
 
         # 2. raw consume anchor
-        log("anchor (a): raw confluent-kafka consume, 3 runs")
+        log(f"anchor (a): raw confluent-kafka consume by {args.processors} process(es), 3 runs")
         cpu0 = children_cpu_s()
         raw = subprocess.run(
             [
@@ -222,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 topic,
                 "--repeat",
                 "3",
+                "--processes",
+                str(args.processors),
             ],
             capture_output=True,
             text=True,
@@ -247,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                 timeout_s=max(600.0, events / 5_000),
             )
             log(f"  {res['events_per_s']:,.0f} events/s end to end ({res['seconds']:.1f} s)")
-            if args.verify and i == 0:
+            if not args.skip_verify and i == 0:
                 res["verify_exit_code"] = run_verify(ctx, scope)
                 log(f"  verify exit code {res['verify_exit_code']}")
+                if res["verify_exit_code"] != 0:
+                    status = 1
             runs.append(res)
             if not args.keep:
                 scope.drop(topics=False)
@@ -269,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                         "processor_cpu_s",
                         "processor_us_per_event",
                         "sink_cpu_s",
+                        "kafka_cpu_s",
                         "other_cpu_s",
+                        "verify_exit_code",
                     )
                 }
                 for r in runs
@@ -320,7 +334,7 @@ def run_quix(ctx: Context, args: argparse.Namespace, topic: str, events: int) ->
         log(f"  Quix anchor unavailable: {why}")
         return {"events_per_s": None, "reason": why}
     variants = ["group-by", "per-account"] if args.quix_variant == "both" else [args.quix_variant]
-    n = min(args.quix_events or events, events)
+    n = min(args.quix_events or 100_000, events)
     results = {}
     for v in variants:
         log(f"  Quix job ({v}) over {n:,} records")
@@ -360,7 +374,7 @@ def cleanup_quix_topics(bootstrap: str, topic: str) -> None:
 
 
 def open_model(ctx: Context, args: argparse.Namespace, events: int, catchup_rate: float) -> dict[str, Any]:
-    seconds = args.open_seconds or (15.0 if events < 1_000_000 else 45.0)
+    seconds = args.open_seconds or (10.0 if events < 1_000_000 else 30.0)
     trials: list[dict[str, Any]] = []
 
     def trial(rate: float) -> dict[str, Any]:
@@ -373,7 +387,7 @@ def open_model(ctx: Context, args: argparse.Namespace, events: int, catchup_rate
         trials.append(res)
         return res
 
-    if not args.find_max_rate:
+    if args.no_search:
         rate = args.rate or round_rate(0.5 * catchup_rate)
         res = trial(rate)
         return {
@@ -464,6 +478,12 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         "ledger_commit_p99_s": c.get("ledger_commit_p99_s"),
         "checkpoint_interval_p50_s": c.get("checkpoint_interval_p50_s"),
         "processors": c.get("processors"),
+        "kafka_cpu_s": c.get("kafka_cpu_s"),
+        "processor_us_per_event": c.get("processor_us_per_event"),
+        "sink_us_per_event": c.get("sink_us_per_event"),
+        "open_generator_us_per_event": chosen.get("generator_us_per_event"),
+        "open_processor_us_per_event": chosen.get("processor_us_per_event"),
+        "verify_exit_code": c.get("verify_exit_code"),
         "run_id": report.get("run_id"),
     }
 

@@ -27,7 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 IDLE = "idle (sleep; left out of the shares)"
 # helpers that run a caller's work: charge what they do to the caller further up
 TRANSPARENT = {"transaction": ("app/ledger/ledger.py",), "retry_call": ("app/core/retry.py",),
-               "_call": ("app/sink/loop.py",), "attempt": ("app/sink/loop.py",)}
+               "_call": ("app/sink/loop.py",), "attempt": ("app/sink/loop.py",),
+               # the columnar state's helpers: charged to the checkpoint step that calls them
+               "pack_columns": ("app/processor/leveldb_layout.py",), "put_order": ("app/processor/leveldb_layout.py",),
+               "_take": ("app/processor/state.py", "app/processor/leveldb_store.py"),
+               "_missing": ("app/processor/leveldb_store.py",), "_settle": ("app/processor/leveldb_store.py",)}
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
 # (file suffix, function or None = any) -> stage; first match from the leaf up wins.
@@ -39,7 +43,14 @@ PROCESSOR_RULES: list[tuple[str, str | None, str]] = [
     ("app/processor/decode.py", None, "decode (msgspec + range checks)"),
     ("app/processor/dlq.py", None, "DLQ produce"),
     ("app/processor/windows.py", "fold_run", "classify + fold loop (Python per record)"),
-    ("app/processor/engine.py", "_process", "classify + fold loop (Python per record)"),
+    ("app/processor/windows.py", "_reject", "DLQ produce"),
+    ("app/processor/windows.py", "fold_columns", "classify + fold (vectorised per run)"),
+    ("app/processor/windows.py", "_fold", "classify + fold (vectorised per run)"),
+    ("app/processor/deltas.py", "add_events", "classify + fold (vectorised per run)"),
+    ("app/processor/deltas.py", None, "checkpoint: group deltas (numpy)"),
+    ("app/processor/open_windows.py", None, "checkpoint: look up / update open windows (numpy)"),
+    ("app/processor/rebuild.py", None, "restore (start-up)"),
+    ("app/processor/engine.py", "_process", "per-run glue (records -> columns)"),
     ("app/ledger/rows.py", None, "emit: window rows -> Arrow (+ IPC encode)"),
     ("app/processor/batch.py", None, "emit: window rows -> Arrow (+ IPC encode)"),
     ("app/processor/", "take_dirty_table", "emit: take the dirty windows"),

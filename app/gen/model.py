@@ -20,33 +20,20 @@ from typing import Any
 import numpy as np
 
 from app.gen.accounts import account_for_rank, home_country, mix64
+from app.gen.encode import encode_valid
 from app.gen.invalid import INVALID_CLASSES, MAX_EVENT_TIME_MS, make_invalid, make_invalid_key
+from app.gen.vocab import COUNTRIES, KIND_PAGE, KIND_WEIGHTS, KINDS, USER_AGENTS
 from app.gen.zipf import ZipfSampler
+
+__all__ = ["COUNTRIES", "KINDS", "KIND_WEIGHTS", "USER_AGENTS"]  # re-exported: the vocabulary lives in vocab.py
 
 CHUNK_SIZE = 65_536
 DEFAULT_START_MS = int(datetime(2025, 11, 20, tzinfo=UTC).timestamp() * 1000)
 MAX_ACCOUNTS = 2**31  # keeps (rank * multiplier) inside int64 in the rank -> id bijection
 
-# Real ISO 3166-1 alpha-2 codes, roughly by traffic; --countries N uses the first N.
-COUNTRIES: tuple[str, ...] = (
-    "US", "DE", "GB", "FR", "JP", "IN", "BR", "CA", "AU", "IT",
-    "ES", "MX", "KR", "NL", "SE", "CH", "PL", "BE", "AT", "NO",
-    "DK", "FI", "IE", "PT", "CZ", "GR", "HU", "RO", "TR", "UA",
-    "IL", "AE", "SA", "ZA", "NG", "EG", "KE", "AR", "CL", "CO",
-    "PE", "NZ", "SG", "MY", "TH", "ID", "PH", "VN", "HK", "TW",
-    "PK", "BD", "LK", "MA", "TN", "GH", "UY", "EC", "CR", "PA",
-    "DO", "GT", "HR", "SI", "SK", "BG", "RS", "LT", "LV", "EE",
-    "IS", "LU", "MT", "CY", "BO", "PY", "KZ", "GE", "JO", "QA",
-)
 # Traffic share of country j ~ 1/(j+1)**0.8: a few big markets and a long tail.
 TRAVEL_FRACTION = 0.02  # events sent from a country other than the account's home
 
-KINDS: tuple[str, ...] = ("view", "click", "search", "add_to_cart", "purchase", "refund", "signup")
-KIND_WEIGHTS: tuple[float, ...] = (0.40, 0.22, 0.04, 0.12, 0.15, 0.05, 0.02)
-_KIND_PAGE: tuple[str, ...] = (
-    "/product/", "/product/", "/search?page=", "/cart?add=", "/checkout/order-", "/orders/refund-",
-    "/signup?ref=",
-)
 _AMOUNT_KINDS = (KINDS.index("add_to_cart"), KINDS.index("purchase"))
 _REFUND_KIND = KINDS.index("refund")
 _AMOUNT_MEDIAN_MINOR = 2_500   # 25.00 in minor units
@@ -60,15 +47,6 @@ LATE_MEDIAN_MS = 100_000
 LATE_SIGMA = 1.5
 LATE_MAX_MS = 2 * 3_600_000
 _SESSION_MS = 30 * 60_000
-
-USER_AGENTS: tuple[str, ...] = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 Version/18.1 Safari/605.1.15",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
-    "Mozilla/5.0 (Linux; Android 15; Pixel 9) AppleWebKit/537.36 Chrome/131.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
-    "shop-app/7.4.1 (iOS 18.1; iPhone15,2)",
-)
 
 # One independent stream per column; the order is part of the data format.
 _S_ACCOUNT, _S_TRAVEL, _S_JITTER, _S_LATE, _S_KIND, _S_AMOUNT, _S_PAGE, _S_INVALID = range(8)
@@ -237,27 +215,14 @@ def chunk_columns(spec: GenSpec, chunk_index: int) -> ChunkColumns:
 # ---- encoding -------------------------------------------------------------------------
 
 
-# Valid records are formatted from one bytes template: byte-for-byte what orjson.dumps gives
-# for the same dict (a unit test holds this), at half the cost. Every interpolated string is a
-# fixed ASCII constant that needs no JSON escaping. Invalid records take the dict + orjson path.
-_TEMPLATE = (
-    b'{"event_id":"e-%09d","account_id":%d,"country":"%s","event_time":%d,"amount":%d,"kind":"%s",'
-    b'"session_id":"s-%016x","page":"%s%d","ip":"%d.%d.%d.%d","user_agent":"%s"}'
-)
-_COUNTRY_B = tuple(c.encode() for c in COUNTRIES)
-_KIND_B = tuple(k.encode() for k in KINDS)
-_PAGE_B = tuple(p.encode() for p in _KIND_PAGE)
-_AGENT_B = tuple(a.encode() for a in USER_AGENTS)
-
-
 def _ip_octets(session: int) -> tuple[int, int, int, int]:
-    # Must match the octets computed inline in encode_columns' hot loop.
+    # Must match the octets app/gen/encode.py computes for the whole chunk.
     return (11 + (session >> 8) % 212, (session >> 16) & 255, (session >> 24) & 255,
             1 + (session >> 32) % 254)
 
 
 def event_dict(cols: ChunkColumns, j: int) -> dict[str, Any]:
-    """Record j of a chunk as a JSON-ready dict (the reference the template must match)."""
+    """Record j of a chunk as a JSON-ready dict (the reference the fast encoder must match)."""
     account = int(cols.account_id[j])
     kind = int(cols.kind[j])
     session = int(cols.session[j])
@@ -269,7 +234,7 @@ def event_dict(cols: ChunkColumns, j: int) -> dict[str, Any]:
         "amount": int(cols.amount[j]),
         "kind": KINDS[kind],
         "session_id": "s-%016x" % session,
-        "page": _KIND_PAGE[kind] + str(int(cols.page_id[j])),
+        "page": KIND_PAGE[kind] + str(int(cols.page_id[j])),
         "ip": "%d.%d.%d.%d" % _ip_octets(session),
         "user_agent": USER_AGENTS[session % len(USER_AGENTS)],
     }
@@ -278,25 +243,11 @@ def event_dict(cols: ChunkColumns, j: int) -> dict[str, Any]:
 def encode_columns(cols: ChunkColumns) -> list[tuple[bytes, bytes]]:
     """(key, value) records of a chunk. Key: the account id as ASCII decimal (also for
     invalid records, so every key is non-empty and partitions like its account), except
-    for the `key_mismatch` class, whose key is other ASCII digits (app/gen/invalid.py)."""
-    template = _TEMPLATE
-    countries, kinds, pages, agents = _COUNTRY_B, _KIND_B, _PAGE_B, _AGENT_B
-    n_agents = len(agents)
-    first = cols.first_index
-    out: list[tuple[bytes, bytes]] = []
-    append = out.append
-    rows = zip(
-        cols.account_id.tolist(), cols.country.tolist(), cols.event_time.tolist(),
-        cols.amount.tolist(), cols.kind.tolist(), cols.session.tolist(), cols.page_id.tolist(),
-        strict=True,
-    )
-    # The hot loop (~1.3 us a record): one template format per record, kept flat on purpose.
-    for j, (account, country, event_time, amount, kind, session, page_id) in enumerate(rows):
-        append((b"%d" % account, template % (
-            first + j, account, countries[country], event_time, amount, kinds[kind], session,
-            pages[kind], page_id, 11 + (session >> 8) % 212, (session >> 16) & 255, (session >> 24) & 255,
-            1 + (session >> 32) % 254, agents[session % n_agents],
-        )))
+    for the `key_mismatch` class, whose key is other ASCII digits (app/gen/invalid.py).
+    Valid records are encoded column-wise (app/gen/encode.py): byte-for-byte what
+    orjson.dumps(event_dict(...)) gives (a unit test holds this)."""
+    out = encode_valid(cols.first_index, cols.account_id, cols.country, cols.event_time, cols.amount, cols.kind,
+                       cols.session, cols.page_id)
     # Invalid records are rare (default 0.1%): patch them in afterwards.
     variants = cols.invalid_variant
     for j in np.nonzero(cols.invalid_class >= 0)[0].tolist():

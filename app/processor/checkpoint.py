@@ -70,10 +70,18 @@ class Checkpointer:
         self.should_stop = should_stop
         self.last_commit_s = time.monotonic()
         self.dirty_estimate = 0          # windows folded since the last checkpoint (upper bound)
+        self._counted = 0                # dirty_estimate when it was last made exact
 
     def due(self) -> bool:
-        return (time.monotonic() - self.last_commit_s >= self.cfg.batch_max_wait_s
-                or self.dirty_estimate >= self.cfg.batch_rows)
+        if time.monotonic() - self.last_commit_s >= self.cfg.batch_max_wait_s:
+            return True
+        if self.dirty_estimate < self.cfg.batch_rows or self.dirty_estimate - self._counted < self.cfg.batch_rows // 4:
+            return False
+        # the estimate counts folded (event, kind) pairs; the bound is on distinct windows:
+        # group the deltas (work the checkpoint reuses) and count again, at most every
+        # batch_rows / 4 new pairs
+        self.dirty_estimate = self._counted = sum(o.store.deltas.distinct() for o in self.ownership.owned.values())
+        return self.dirty_estimate >= self.cfg.batch_rows
 
     def commit(self) -> None:
         """Steps 0-5 of the module docstring; nothing at all after an error."""
@@ -82,7 +90,7 @@ class Checkpointer:
             log.warning("checkpoint_refused_after_error", error=f"{type(failed).__name__}: {failed}")
             return
         self.last_commit_s = time.monotonic()
-        self.dirty_estimate = 0
+        self.dirty_estimate = self._counted = 0
         steps = metrics.StepTimer()
         owned = self.ownership.owned
         # 0. collect

@@ -1,7 +1,7 @@
 """The processor loop: Kafka -> windows -> ledger checkpoints.
 
 One loop turn: check backpressure, consume up to `poll_records` records, classify and fold
-each run of one partition's records (`windows.fold_run`: late and invalid ones go to the
+each run of one partition's records (`windows.fold_columns`: late and invalid ones go to the
 DLQ), then commit a checkpoint when one is due (every `batch_max_wait`, or once
 `batch_rows` windows changed) and advance a snapshot by one chunk. Kafka offsets are never
 committed to Kafka: on assignment each partition's offset comes from the ledger.
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from itertools import groupby
 from typing import Any, Final, cast
 
+import numpy as np
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
@@ -41,7 +42,7 @@ from app.processor.ownership import Ownership
 from app.processor.partition import OwnedPartition
 from app.processor.shutdown import LedgerStopTimer
 from app.processor.snapshots import Snapshots
-from app.processor.windows import FoldRules, WindowKey, fold_run
+from app.processor.windows import FoldRules, fold_columns
 
 __all__ = ["Processor", "ProcessorConfig"]
 
@@ -222,27 +223,23 @@ class Processor:
             msgs = [m for m in msgs if m.error() is None]
         owned_map = self.ownership.owned
         rules, dlq = self._fold_rules, self.dlq
-        deltas: dict[int, dict[WindowKey, list[int]]] = {}
-        # consume() returns records in runs of one partition: one fold_run call per run, its
-        # records read through C-level accessors (no Python call per record for them)
+        # consume() returns records in runs of one partition: one fold call per run, its
+        # records read through C-level accessors (no Python call per record for them); the
+        # folded windows are appended to the store's deltas as columns (grouped at the checkpoint)
         for p, group in groupby(msgs, _partition):
             owned = owned_map.get(p)
             if owned is None:
                 continue  # revoked while the records were in flight
             run = list(group)
-            part_deltas = deltas.get(p)
-            if part_deltas is None:
-                part_deltas = deltas[p] = {}
+            deltas = owned.store.deltas
+            before = deltas.rows
             # after an exception nothing is written back (and nothing is committed either)
-            owned.position = fold_run(zip(map(_offset, run), map(_key, run), map(_value, run), strict=True),
-                                      owned.position, rules, part_deltas,
-                                      PartitionDeadLetters(dlq, p, owned.dlq_counts))
+            owned.position = fold_columns(np.fromiter(map(_offset, run), np.int64, len(run)), list(map(_key, run)),
+                                          list(map(_value, run)),
+                                          owned.position, rules, deltas, PartitionDeadLetters(dlq, p, owned.dlq_counts))
             owned.note_kafka_times(_timestamp(run[0])[1], _timestamp(run[-1])[1])
             metrics.EVENTS_READ.labels(partition=str(p)).inc(len(run))
-        for p, part_deltas in deltas.items():
-            if part_deltas:
-                owned_map[p].store.fold(part_deltas)
-                self.checkpointer.dirty_estimate += len(part_deltas)
+            self.checkpointer.dirty_estimate += deltas.rows - before
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._AUTO_OFFSET_RESET:  # the log no longer holds our next offset

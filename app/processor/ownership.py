@@ -1,8 +1,9 @@
 """Which input partitions this instance owns, and each one's life:
 
-    assign   the group hands us partitions: check the pinned rules and log, restore each
-             (claim it in the ledger, fencing older owners; reconcile its state), then
-             start reading it at the ledger's next offset;
+    assign   the group hands us partitions: check the pinned rules and log, restore them
+             (claim each in the ledger, fencing older owners; reconcile its state, the
+             stale ones rebuilt from the ledger side by side), then start reading each at
+             the ledger's next offset;
     revoke   the group takes partitions away: commit what is done (nothing after an error),
              then release them;
     lost     another owner may already have them: release, commit nothing;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -25,15 +27,26 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from app.core import metrics
 from app.core.config import DEFAULT_DATA_DIR
 from app.core.retry import retry_call
-from app.ledger.ledger import Ledger
-from app.ledger.restore import restore_windows
+from app.ledger.ledger import Ledger, PartitionClaim
 from app.processor.config import ProcessorConfig
 from app.processor.leveldb_store import LevelDBWindowStore, StateSlot
 from app.processor.log_guard import LogGuard
 from app.processor.partition import OwnedPartition
-from app.processor.state import InMemoryWindowStore, WindowStore
+from app.processor.rebuild import rebuild
+from app.processor.state import InMemoryWindowStore, WindowStore, final_stops
 
 log = structlog.get_logger("processor")
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """A partition claimed in the ledger, with its local store and whether that store is
+    exactly the ledger's last checkpoint of it (reused) or must be rebuilt."""
+
+    claim: PartitionClaim
+    store: WindowStore
+    local: str | None
+    reused: bool
 
 
 class Ownership:
@@ -59,12 +72,11 @@ class Ownership:
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.guard.check_assignment()
+        owned = self.restore([tp.partition for tp in partitions])
         tps = []
-        for tp in partitions:
-            owned = retry_call(lambda p=tp.partition: self.restore(p), what="postgres_restore_partition",
-                               should_stop=self.should_stop)
-            self.owned[tp.partition] = owned
-            tps.append(TopicPartition(tp.topic, tp.partition, owned.next_offset))
+        for o in owned:
+            self.owned[o.partition] = o
+            tps.append(TopicPartition(self.cfg.services.events_topic, o.partition, o.next_offset))
         consumer.incremental_assign(tps)
         if self.paused:
             consumer.pause(tps)
@@ -91,42 +103,58 @@ class Ownership:
 
     # ---- restore and release --------------------------------------------------
 
-    def restore(self, partition: int) -> OwnedPartition:
-        """Claim the partition (fencing older owners), then reconcile its state with the ledger:
-        the local store is used as it is only if it reflects exactly the ledger's last
-        checkpoint of the partition; otherwise it is discarded and rebuilt from the ledger
-        (latest snapshot + later batches). Offsets always come from the ledger."""
+    def restore(self, partitions: list[int]) -> list[OwnedPartition]:
+        """Claim each partition (fencing older owners), then reconcile its state with the
+        ledger: the local store is used as it is only if it reflects exactly the ledger's
+        last checkpoint of the partition; otherwise it is discarded and rebuilt from the
+        ledger (latest snapshot + later batches), all such partitions at once
+        (processor/rebuild.py). Offsets always come from the ledger."""
         started = time.monotonic()
+        claimed: list[_Claimed] = []
+        try:
+            for p in partitions:
+                claimed.append(retry_call(lambda p=p: self._claim(p), what="postgres_restore_partition",
+                                          should_stop=self.should_stop))
+            stale = {c.claim.partition: c.store for c in claimed if not c.reused}
+            open_from = {c.claim.partition: final_stops(
+                self.cfg.policy, self.cfg.policy.watermark_ms(c.claim.max_event_time_ms)) for c in claimed}
+            rows = retry_call(lambda: self._rebuild(stale, open_from), what="postgres_restore_partition",
+                              should_stop=self.should_stop) if stale else {}
+            return [self._settle(c, rows.get(c.claim.partition, 0), started) for c in claimed]
+        except BaseException:
+            for c in claimed:
+                c.store.close()
+            raise
+
+    def _claim(self, partition: int) -> _Claimed:
         claim = self.ledger.claim_partition(partition, self.cfg.instance_id)
         self.guard.check_position(self.consumer, partition, claim.next_offset)
         store = self._open_store(partition)
-        try:
-            local = store.committed_ref()
-            reused = claim.last_checkpoint is not None and local == claim.last_checkpoint
-            restored_rows = 0
-            if not reused:
-                store.reset()
-                for table in restore_windows(self.ledger, partition):
-                    store.load_table(table)
-                    restored_rows += table.num_rows
-            watermark = self.cfg.policy.watermark_ms(claim.max_event_time_ms)
-            store.drop_final(self.cfg.policy, watermark)
-            if not reused and claim.last_checkpoint is not None:
-                store.commit(claim.last_checkpoint, claim.next_offset)  # now exactly that checkpoint
-            windows = store.open_windows()
-        except BaseException:
-            store.close()
-            raise
-        mode = "reused" if reused else "rebuilt"
+        local = store.committed_ref()
+        return _Claimed(claim, store, local, claim.last_checkpoint is not None and local == claim.last_checkpoint)
+
+    def _rebuild(self, stores: dict[int, WindowStore], open_from: dict[int, list[int]]) -> dict[int, int]:
+        for store in stores.values():
+            store.reset()
+        return rebuild(self.ledger, stores, open_from)
+
+    def _settle(self, c: _Claimed, restored_rows: int, started: float) -> OwnedPartition:
+        claim, store = c.claim, c.store
+        watermark = self.cfg.policy.watermark_ms(claim.max_event_time_ms)
+        store.drop_final(self.cfg.policy, watermark)
+        if not c.reused and claim.last_checkpoint is not None:
+            store.commit(claim.last_checkpoint, claim.next_offset)  # now exactly that checkpoint
+        windows = store.open_windows()
+        mode = "reused" if c.reused else "rebuilt"
         seconds = time.monotonic() - started
         metrics.STATE_RESTORES.labels(mode=mode).inc()
         metrics.STATE_RESTORE_SECONDS.labels(mode=mode).observe(seconds)
-        log.info("partition_restored", partition=partition, generation=claim.owner_generation, state=mode,
-                 ledger_checkpoint=claim.last_checkpoint, local_checkpoint=local, restored_rows=restored_rows,
+        log.info("partition_restored", partition=claim.partition, generation=claim.owner_generation, state=mode,
+                 ledger_checkpoint=claim.last_checkpoint, local_checkpoint=c.local, restored_rows=restored_rows,
                  next_offset=claim.next_offset, watermark_ms=watermark, windows=windows,
                  seconds=round(seconds, 3))
-        return OwnedPartition(partition, claim.owner_generation, store, claim.next_offset, claim.next_offset,
-                              claim.max_event_time_ms, watermark)
+        return OwnedPartition(claim.partition, claim.owner_generation, store, claim.next_offset,
+                              claim.next_offset, claim.max_event_time_ms, watermark)
 
     def release(self, partition: int, reason: str) -> None:
         """Forget a partition: abandon its snapshot, close its store (LevelDB stays on disk)."""

@@ -13,12 +13,15 @@ not share code with what it checks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple, Protocol
 
-from app.processor.decode import InvalidEvent, decode_record
+import numpy as np
+
+from app.processor.decode import DecodedRun, decode_run
+from app.processor.deltas import COUNTRY_OF, WindowDeltas
 
 # (kind, window_start_ms, account_id, country)
 WindowKey = tuple[int, int, int, str]
@@ -116,69 +119,116 @@ class FoldRules:
         return tuple((k, k.size_ms, self.policy.allowed_lateness_ms(k)) for k in KINDS)
 
 
-def fold_run(records: Iterable[Record], at: Position, rules: FoldRules, deltas: dict[WindowKey, list[int]],
-             rejects: Rejects) -> Position:
+def fold_run(records: Iterable[Record], at: Position, rules: FoldRules,
+             deltas: dict[WindowKey, list[int]] | WindowDeltas, rejects: Rejects) -> Position:
     """Classify and fold one partition's records, in offset order, starting `at` its position.
 
     Each record: skipped if below the next offset (already counted), else invalid
     (contract §2; `rejects.on_invalid`), else for each kind too late (`rejects.on_late`) or
-    folded into `deltas[(kind, window_start_ms, account_id, country)]` as
-    [count, amount] increments; then the watermark moves. Returns the position after the
-    last record. After an exception the caller must not use anything this call changed.
+    folded into its window (kind, window_start, account_id, country) as a (count, amount)
+    increment: into `deltas[(kind, window_start_ms, account_id, country)]` when `deltas` is
+    a dict, appended as columns when it is a WindowDeltas (the processor); then the
+    watermark moves. Rejects are reported in record order (for one record, minute before
+    hour). Returns the position after the last record. After an exception the caller must
+    not use anything this call changed.
     """
-    policy = rules.policy
-    ooo = policy.max_out_of_orderness_ms
-    lateness = rules.lateness()
-    max_bytes = rules.max_record_bytes
-    # An event with et + slack >= W is on time for every kind: its window starts after
-    # et - size, so start + size + allowed > et + allowed >= W (contract §3). Nearly
-    # every event takes this branch, which skips the per-kind lateness arithmetic.
-    slack = min(allowed for _k, _size, allowed in lateness)
-    (k0, size0, _a0), (k1, size1, _a1) = lateness  # KINDS: minute, hour
-    get = deltas.get
-    next_off, max_et, wm = at
-    for offset, key, value in records:
-        if offset < next_off:
-            continue  # already counted (a re-delivery; never expected after a seek)
-        next_off = offset + 1
-        try:
-            ev = decode_record(key, value, max_bytes)
-        except InvalidEvent as e:
-            rejects.on_invalid(offset, key, value, str(e))
+    rows = list(records)
+    if not rows:
+        return at
+    offsets, keys, values = zip(*rows, strict=True)
+    return fold_columns(offsets, keys, values, at, rules, deltas, rejects)
+
+
+def fold_columns(offsets: Sequence[int] | np.ndarray, keys: Sequence[bytes | None], values: Sequence[bytes | None], at: Position,
+                 rules: FoldRules, deltas: dict[WindowKey, list[int]] | WindowDeltas, rejects: Rejects) -> Position:
+    """fold_run over a run given as columns (the processor reads them so from Kafka records).
+
+    Vectorised, with the semantics of contract §3 record by record: the watermark before
+    record i is the running maximum of the event times of the valid records before it
+    (and of the position's), minus max_out_of_orderness."""
+    n = len(offsets)
+    if n == 0:
+        return at
+    offs = offsets if isinstance(offsets, np.ndarray) else np.fromiter(offsets, np.int64, n)
+    # the next offset before each record: a record below it was counted already
+    before = np.empty(n, np.int64)
+    before[0] = at.next_offset
+    np.maximum.accumulate(np.maximum(offs[:-1] + 1, at.next_offset), out=before[1:])
+    np.maximum(before[1:], at.next_offset, out=before[1:])
+    fresh = offs >= before
+    next_offset = max(at.next_offset, int(offs.max()) + 1)
+    if not fresh.all():
+        idx = np.flatnonzero(fresh).tolist()
+        offs, keys, values = offs[idx], [keys[i] for i in idx], [values[i] for i in idx]
+        n = len(idx)
+        if n == 0:
+            return Position(next_offset, at.max_event_time_ms, at.watermark_ms)
+    run = decode_run(keys, values, rules.max_record_bytes)
+    valid, et = run.valid, run.event_time
+    # max event time before each record (NO_TIME: none yet, W = -infinity)
+    seen = np.where(valid, et, _NO_TIME)
+    max_before = np.empty(n, np.int64)
+    max_before[0] = _NO_TIME if at.max_event_time_ms is None else at.max_event_time_ms
+    np.maximum.accumulate(np.maximum(seen[:-1], max_before[0]), out=max_before[1:])
+    has_wm = max_before != _NO_TIME
+    ooo = rules.policy.max_out_of_orderness_ms
+    wm_before = max_before - min(ooo, _FAR)  # clamped: a larger value never makes an event late either
+    late_rows: list[tuple[int, int]] = []  # (row, kind)
+    folded = []
+    for kind, size, allowed in rules.lateness():
+        start = et - et % size
+        late = valid & has_wm & (start + (size + min(allowed, _FAR)) <= wm_before)
+        if late.any():
+            late_rows.extend((i, int(kind)) for i in np.flatnonzero(late).tolist())
+        folded.append((kind, start, valid & ~late))
+    if run.errors or late_rows:
+        _reject(run.errors, late_rows, offs, keys, values, et, max_before, rules, rejects)
+    _fold(folded, run, deltas)
+    top = int(seen.max())
+    max_et = at.max_event_time_ms if top == _NO_TIME else max(top, at.max_event_time_ms or 0)
+    return Position(next_offset, max_et, rules.policy.watermark_ms(max_et))
+
+
+_NO_TIME: Final = -(1 << 62)  # "no valid event yet": below every event time (>= 0)
+_FAR: Final = 1 << 45         # beyond every event time (< 2^42 ms): lateness and ooo clamp to it
+
+
+def _reject(errors: dict[int, str], late_rows: list[tuple[int, int]], offs: np.ndarray,
+            keys: Sequence[bytes | None], values: Sequence[bytes | None], et: np.ndarray, max_before: np.ndarray,
+            rules: FoldRules, rejects: Rejects) -> None:
+    """The run's invalid and late records to `rejects`, in record order."""
+    ooo = rules.policy.max_out_of_orderness_ms
+    for i, k in sorted([(i, -1) for i in errors] + late_rows):
+        offset = int(offs[i])
+        if k < 0:
+            rejects.on_invalid(offset, keys[i], values[i], errors[i])
             continue
-        et = ev.event_time
-        if wm is None or et + slack >= wm:
-            # the two kinds unrolled: a loop over them costs ~10 % of the hot path
-            acc, country, amount = ev.account_id, ev.country, ev.amount
-            wkey = (k0, et - et % size0, acc, country)
+        kind = WindowKind(k)
+        size = kind.size_ms
+        t = int(et[i])
+        start = t - t % size
+        wm = int(max_before[i]) - ooo
+        rejects.on_late(offset, keys[i], values[i], kind,
+                        f"{kind.label} window [{start}, {start + size}) closed: watermark {wm}")
+
+
+def _fold(folded: list[tuple[WindowKind, np.ndarray, np.ndarray]], run: DecodedRun,
+          deltas: dict[WindowKey, list[int]] | WindowDeltas) -> None:
+    for kind, start, keep in folded:
+        if isinstance(deltas, WindowDeltas):
+            if keep.all():
+                deltas.add_events(int(kind), start // 1000, run.account, run.country, run.amount)
+            else:
+                deltas.add_events(int(kind), start[keep] // 1000, run.account[keep], run.country[keep],
+                                  run.amount[keep])
+            continue
+        get = deltas.get
+        for s, acc, code, amount in zip(start[keep].tolist(), run.account[keep].tolist(),
+                                        run.country[keep].tolist(), run.amount[keep].tolist(), strict=True):
+            wkey = (kind, s, acc, COUNTRY_OF[code])
             d = get(wkey)
             if d is None:
                 deltas[wkey] = [1, amount]
             else:
                 d[0] += 1
                 d[1] += amount
-            wkey = (k1, et - et % size1, acc, country)
-            d = get(wkey)
-            if d is None:
-                deltas[wkey] = [1, amount]
-            else:
-                d[0] += 1
-                d[1] += amount
-        else:
-            for kind, size, allowed in lateness:
-                start = et - et % size
-                if start + size + allowed <= wm:
-                    rejects.on_late(offset, key, value, kind,
-                                 f"{kind.label} window [{start}, {start + size}) closed: watermark {wm}")
-                    continue
-                wkey = (kind, start, ev.account_id, ev.country)
-                d = get(wkey)
-                if d is None:
-                    deltas[wkey] = [1, ev.amount]
-                else:
-                    d[0] += 1
-                    d[1] += ev.amount
-        if max_et is None or et > max_et:
-            max_et = et
-            wm = et - ooo
-    return Position(next_off, max_et, wm)

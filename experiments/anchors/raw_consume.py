@@ -9,7 +9,9 @@ Rate = records / (last record returned - first record returned); the connection 
 before the first record is excluded, as it is for the pipeline's own rate.
 
 Prints one JSON line: {"events", "seconds", "events_per_s", "bytes", "runs": [...]}; with
---repeat N the figures are the median run.
+--repeat N the figures are the median run. With --processes N, N consumers (processes) read
+disjoint sets of partitions at once, as N processor processes would: the rate is all their
+records / (last record of any - first record of any). That is the anchor for N processors.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 
@@ -37,7 +40,8 @@ def end_offsets(consumer: Consumer, topic: str) -> dict[int, int]:
     return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
 
 
-def consume_once(bootstrap: str, topic: str, poll_records: int) -> dict[str, float]:
+def consume_once(bootstrap: str, topic: str, poll_records: int, part: tuple[int, int] = (0, 1)) -> dict[str, float]:
+    """One consumer of the partitions p with p % part[1] == part[0]."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -49,19 +53,20 @@ def consume_once(bootstrap: str, topic: str, poll_records: int) -> dict[str, flo
         }
     )
     try:
-        ends = end_offsets(consumer, topic)
+        ends = {p: e for p, e in end_offsets(consumer, topic).items() if p % part[1] == part[0]}
         target = sum(ends.values())
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
         seen = 0
         nbytes = 0
         first = last = 0.0
+        first_at = last_at = 0.0
         deadline = time.monotonic() + 600
         while seen < target and time.monotonic() < deadline:
             msgs = consumer.consume(poll_records, timeout=0.5)
             if not msgs:
                 continue
             if not first:
-                first = time.monotonic()
+                first, first_at = time.monotonic(), time.time()
             for m in msgs:
                 if m.error() is not None:
                     continue
@@ -69,7 +74,7 @@ def consume_once(bootstrap: str, topic: str, poll_records: int) -> dict[str, flo
                 if v is not None:
                     nbytes += len(v)
                 seen += 1
-            last = time.monotonic()
+            last, last_at = time.monotonic(), time.time()
         seconds = max(last - first, 1e-9)
         return {
             "events": seen,
@@ -77,9 +82,29 @@ def consume_once(bootstrap: str, topic: str, poll_records: int) -> dict[str, flo
             "events_per_s": round(seen / seconds, 1),
             "bytes": nbytes,
             "complete": seen >= target,
+            "first_at": first_at,
+            "last_at": last_at,
         }
     finally:
         consumer.close()
+
+
+def consume_parallel(args: argparse.Namespace) -> dict[str, float]:
+    """--processes N consumers at once, each a child process of this script."""
+    n = args.processes
+    children = [subprocess.Popen([sys.executable, __file__, "--bootstrap-servers", args.bootstrap_servers,
+                                  "--topic", args.topic, "--repeat", "1", "--poll-records", str(args.poll_records),
+                                  "--part", f"{i}/{n}"], stdout=subprocess.PIPE, text=True) for i in range(n)]
+    outs = []
+    for c in children:
+        out, _ = c.communicate(timeout=900)
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    seen = sum(int(o["events"]) for o in outs)
+    active = [o for o in outs if o["events"]]
+    seconds = max(max(o["last_at"] for o in active) - min(o["first_at"] for o in active), 1e-9) if active else 1e-9
+    return {"events": seen, "seconds": round(seconds, 4), "events_per_s": round(seen / seconds, 1),
+            "bytes": sum(int(o["bytes"]) for o in outs), "complete": all(o["complete"] for o in outs),
+            "processes": n}
 
 
 def main() -> int:
@@ -88,8 +113,15 @@ def main() -> int:
     ap.add_argument("--topic", required=True, help="topic to read from the beginning")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the median run is reported (default 3)")
     ap.add_argument("--poll-records", type=int, default=10_000, help="records per consume() (default 10000)")
+    ap.add_argument("--processes", type=int, default=1, help="consumer processes at once (default 1)")
+    ap.add_argument("--part", default="0/1", help="I/N: read the partitions p with p %% N == I (default 0/1)")
     args = ap.parse_args()
-    runs = [consume_once(args.bootstrap_servers, args.topic, args.poll_records) for _ in range(args.repeat)]
+    i, n = (int(x) for x in args.part.split("/"))
+    if args.processes > 1:
+        runs = [consume_parallel(args) for _ in range(args.repeat)]
+    else:
+        runs = [consume_once(args.bootstrap_servers, args.topic, args.poll_records, (i, n))
+                for _ in range(args.repeat)]
     median = statistics.median(r["events_per_s"] for r in runs)
     best = min(runs, key=lambda r: abs(r["events_per_s"] - median))
     print(json.dumps({**best, "events_per_s": median, "runs": [r["events_per_s"] for r in runs]}))

@@ -153,9 +153,16 @@ def proc_sample(pid: int) -> Sample | None:
 
 @dataclass(frozen=True, slots=True)
 class CpuSnapshot:
+    """CPU seconds per process of the shared services at one instant, and the machine's.
+
+    The phase's figure for a service is the sum of per-process differences over the processes
+    alive at both instants (plus the whole CPU of processes started in between). A sum over
+    whatever processes exist at each instant went negative whenever one exited in between
+    (another helper's test broker stopping: -8.4 s "broker CPU" in one run)."""
+
     t: float
-    kafka_s: float  # the broker JVM(s)
-    postgres_s: float  # every postgres process, plus children the postmaster reaped
+    kafka: dict[int, float]     # pid -> CPU s of the broker(s) serving the bench's bootstrap port
+    postgres: dict[int, float]  # pid -> own + reaped children's CPU s of every postgres process
     busy_s: float  # the whole machine, all cores
     idle_s: float
 
@@ -164,15 +171,57 @@ class CpuSnapshot:
         busy = self.busy_s - before.busy_s
         return {
             "wall_s": round(wall, 3),
-            "kafka_cpu_s": round(self.kafka_s - before.kafka_s, 2),
-            "postgres_cpu_s": round(self.postgres_s - before.postgres_s, 2),
+            "kafka_cpu_s": round(_delta(before.kafka, self.kafka), 2),
+            "postgres_cpu_s": round(_delta(before.postgres, self.postgres), 2),
             "machine_busy_cpu_s": round(busy, 2),
             "machine_utilisation": round(busy / max(busy + self.idle_s - before.idle_s, 1e-9), 3),
         }
 
 
-def cpu_snapshot() -> CpuSnapshot:
-    kafka = postgres = 0.0
+def _delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two snapshots by the processes of `after` (never negative: a pid
+    reused by a new process shows less CPU than before and counts whole)."""
+    total = 0.0
+    for pid, cpu in after.items():
+        was = before.get(pid, 0.0)
+        total += cpu - was if cpu >= was else cpu
+    return total
+
+
+def listening_pids(port: int) -> set[int]:
+    """Pids of the processes with a TCP socket listening on `port` (the broker)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f[9])
+    pids: set[int] = set()
+    if not inodes:
+        return pids
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                if os.readlink(fd.path) in wanted:
+                    pids.add(int(entry.name))
+                    break
+        except OSError:
+            continue
+    return pids
+
+
+def cpu_snapshot(broker_pids: set[int] | None = None) -> CpuSnapshot:
+    """`broker_pids`: the broker process(es) to account (listening_pids of the bootstrap
+    port); None = every java process."""
+    kafka: dict[int, float] = {}
+    postgres: dict[int, float] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -180,14 +229,15 @@ def cpu_snapshot() -> CpuSnapshot:
             stat = Path(entry.path, "stat").read_text()
         except OSError:
             continue
+        pid = int(entry.name)
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
         own = (int(fields[11]) + int(fields[12])) / CLK_TCK
         reaped = (int(fields[13]) + int(fields[14])) / CLK_TCK  # cutime, cstime
-        if comm == "java":
-            kafka += own
+        if pid in broker_pids if broker_pids is not None else comm == "java":
+            kafka[pid] = own
         elif comm.startswith(("postgres", "postmaster")):
-            postgres += own + reaped
+            postgres[pid] = own + reaped
     cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     vals = [int(x) for x in cpu]
     idle = (vals[3] + vals[4]) / CLK_TCK  # idle + iowait

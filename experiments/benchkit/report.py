@@ -161,6 +161,12 @@ def render_table(rep: dict[str, Any]) -> str:
             "  rows per insert min (steady) / median",
             f"{_f(ch.get('min_rows_per_insert'))} / {_f(ch.get('median_rows_per_insert'))}",
         )
+        row(
+            "  CPU us/event gen / proc / sink / broker / pg",
+            " / ".join(_f(ch.get(f"{k}_us_per_event"), "{:.2f}")
+                       for k in ("generator", "processor", "sink", "kafka", "postgres")),
+            f"at {_f(ch.get('rate'))}/s, start-up included",
+        )
     lines.append("")
     lines.append(
         f"results: experiments/results/{rep.get('run_id')}/bench.json  ({rep.get('bench_seconds')} s)"

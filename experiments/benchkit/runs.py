@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from experiments.benchkit import analyse as an
-from experiments.benchkit.proc import Child, cpu_snapshot
+from experiments.benchkit.proc import Child, cpu_snapshot, listening_pids
 from experiments.benchkit.scope import EndOffsets, Scope, record_timestamps
 
 
@@ -44,6 +44,16 @@ class Context:
 
     def env(self, scope: Scope, **extra: str) -> dict[str, str]:
         return {**self.base_env, **scope.env(), "PYTHONPATH": str(self.repo), "LOG_LEVEL": "info", **extra}
+
+    def broker_pids(self) -> set[int] | None:
+        """The broker process(es) listening on the bootstrap servers' ports (None: not found
+        on this host; then every java process counts as broker)."""
+        pids: set[int] = set()
+        for server in self.bootstrap.split(","):
+            port = server.rsplit(":", 1)[-1]
+            if port.isdigit():
+                pids |= listening_pids(int(port))
+        return pids or None
 
     def module(self, name: str, *args: str) -> list[str]:
         return [sys.executable, "-m", name, *args]
@@ -79,7 +89,8 @@ def run_catchup(
     """Processor(s) --until-end and sink --until-idle from an empty ledger, concurrently."""
     name = scope.pipeline_id.removeprefix(ctx.run_id + "-")
     env = ctx.env(scope)
-    before = cpu_snapshot()
+    brokers = ctx.broker_pids()
+    before = cpu_snapshot(brokers)
     sink = Child.start(
         "sink",
         ctx.module("app.sink", "--until-idle", "--metrics-port", "0"),
@@ -136,7 +147,7 @@ def run_catchup(
     finally:
         for c in (*procs, sink):
             c.kill()
-    after = cpu_snapshot()
+    after = cpu_snapshot(brokers)
     for _, _, sp in spies:
         try:
             sp.wait(30)
@@ -236,7 +247,8 @@ def run_open_trial(
     events = int(rate * seconds)
     env = ctx.env(scope)
     ensure_topic(ctx.bootstrap, scope.events_topic, ctx.partitions)
-    before = cpu_snapshot()
+    brokers = ctx.broker_pids()
+    before = cpu_snapshot(brokers)
     sink = Child.start(
         "sink", ctx.module("app.sink", "--metrics-port", "0"), env, ctx.repo, ctx.results / f"{name}-sink.log"
     )
@@ -283,7 +295,7 @@ def run_open_trial(
         offsets.close()
         for c in (proc, sink, *([gen] if gen else [])):
             c.kill()
-    after = cpu_snapshot()
+    after = cpu_snapshot(brokers)
     services = after.minus(before)
     services["other_cpu_s"] = round(
         services["machine_busy_cpu_s"]
@@ -333,6 +345,10 @@ def run_open_trial(
         "processor_cpu_s": round(proc.cpu_s or 0.0, 2),
         "sink_cpu_s": round(sink.cpu_s or 0.0, 2),
         "generator_cpu_s": round(gen.cpu_s or 0.0, 2) if gen else None,
+        # CPU per event of each stage while the generator ran at `rate` (start-up included)
+        **_per_event(sum(end_offsets.values()), processor=proc.cpu_s, sink=sink.cpu_s,
+                     generator=gen.cpu_s if gen else None, kafka=services["kafka_cpu_s"],
+                     postgres=services["postgres_cpu_s"]),
         "processor_peak_rss_mb": round(proc.peak_rss_mb or 0.0, 1),
         **services,
         "lag_series": [
@@ -342,3 +358,8 @@ def run_open_trial(
     if not ctx.keep:
         scope.drop()
     return out
+
+
+def _per_event(events: int, **cpu_s: float | None) -> dict[str, float | None]:
+    return {f"{k}_us_per_event": (round(v / events * 1e6, 3) if v is not None and events else None)
+            for k, v in cpu_s.items()}

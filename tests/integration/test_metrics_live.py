@@ -98,9 +98,12 @@ def test_every_stage_metric_exists_and_moves_during_a_real_run(pipeline: Pipelin
         pipeline.alive(procs["processor"], procs["sink"])
         s = scrape(ports["sink"])
         ok = all(total(s, "pipeline_reconcile_checked_events", table=t) > 0 for t in ("rollup_minute", "rollup_hour"))
-        return s if ok and total(s, "pipeline_sink_dedup_blocks_total") > 0 else None
+        # a fault is counted when it hits, its replay's suppressed blocks when the retry lands
+        replayed = total(s, "pipeline_sink_dedup_blocks_total") >= total(s, "pipeline_sink_injected_faults_total")
+        return s if ok and replayed and total(s, "pipeline_sink_dedup_blocks_total") > 0 else None
     last = {"sink": wait_for(settled_and_checked, 120,
-                             "the sink to reconcile settled windows of both tables and to count dedup hits"),
+                             "the sink to reconcile settled windows of both tables and to count dedup hits "
+                             "for every injected fault"),
             "processor": wait_for(lambda: processor_checkpointed_all(pipeline, ports["processor"]), 60,
                                   "the processor to read every record and to commit and count a checkpoint past it",
                                   detail=lambda: str(classified(scrape(ports["processor"])))),
