@@ -21,7 +21,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from app.clickhouse.errors import translate
 from app.clickhouse.schema import MIGRATIONS, SCHEMA_VERSION_DDL
 from app.core.config import mask_url
-from app.core.errors import FatalError, RetryableError, ServiceLocked
+from app.core.errors import ConfigurationError, RetryableError, ServiceLocked
 
 log = structlog.get_logger("clickhouse")
 
@@ -166,4 +166,4 @@ def is_retryable(e: BaseException) -> bool:
 
 def raise_fatal_on_bad_url(url: str) -> None:
     if not url.startswith(("chdb:", "http://", "https://")):
-        raise FatalError(f"unsupported CLICKHOUSE_URL {mask_url(url)!r}: use chdb:///abs/path or http(s)://")
+        raise ConfigurationError(f"unsupported CLICKHOUSE_URL {mask_url(url)!r}: use chdb:///abs/path or http(s)://")

@@ -36,6 +36,7 @@ from app.processor.backpressure import Backpressure
 from app.processor.checkpoint import Checkpointer
 from app.processor.config import ProcessorConfig
 from app.processor.dlq import DeadLetters, PartitionDeadLetters
+from app.processor.group_offsets import GroupOffsets
 from app.processor.log_guard import LogGuard, rules_of
 from app.processor.ownership import Ownership
 from app.processor.partition import OwnedPartition
@@ -84,7 +85,8 @@ class Processor:
         self.snapshots = Snapshots(cfg, self.ledger, self.ownership.owned, self.ownership.release,
                                    self._should_stop)
         self.checkpointer = Checkpointer(cfg, self.ledger, self.dlq, self.ownership, self.snapshots,
-                                         failed=lambda: self.failed, should_stop=self._should_stop)
+                                         failed=lambda: self.failed, should_stop=self._should_stop,
+                                         group_offsets=GroupOffsets(self.consumer, s.events_topic))
         self.backpressure = Backpressure(cfg, self.ledger, self.consumer, self.ownership, self._should_stop)
         self.end_offsets: dict[int, int] = {}
         self._last_end_check = 0.0
