@@ -9,7 +9,16 @@ from pathlib import Path
 
 import structlog
 
-from app.core.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, StopSignals, fail, metrics_port
+from app.core.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    StopSignals,
+    fail,
+    metrics_port,
+    package_version,
+)
 from app.core.config import (
     ArgumentParser,
     add_lateness_args,
@@ -152,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_metrics(args.metrics_port, args.metrics_host)
     processor = None
     s = cfg.services
+    log.info("processor_starting", version=package_version(), service_timeout_s=args.service_timeout,
+             **s.masked())
     try:
         # the services first: an unmigrated ledger or a wrong broker address is one line within
         # seconds, before anything is consumed

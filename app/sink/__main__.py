@@ -9,7 +9,16 @@ import structlog
 
 from app.clickhouse.client import raise_fatal_on_bad_url
 from app.clickhouse.errors import ClickHouseRejected
-from app.core.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, StopSignals, fail, metrics_port
+from app.core.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    StopSignals,
+    fail,
+    metrics_port,
+    package_version,
+)
 from app.core.config import (
     ArgumentParser,
     add_runtime_args,
@@ -100,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SinkConfig(services=settings, until_idle=args.until_idle,
                      policy=GroupPolicy(batch_rows=args.batch_rows, max_wait_s=args.batch_max_wait),
                      insert_block_rows=args.insert_block_rows, async_insert=args.async_insert)
+    log.info("sink_starting", version=package_version(), service_timeout_s=args.service_timeout,
+             **settings.masked())
     try:
         raise_fatal_on_bad_url(settings.clickhouse_url)
         with metrics_port(PROG, args.metrics_port, args.metrics_host):
