@@ -197,13 +197,22 @@ status() {
   done
 }
 
+# Kafka's own consumer-group tool against the local stack, e.g. the pipeline's lag:
+#   infra/kafka.sh consumer-groups --describe --group rollups
+consumer_groups() {
+  fetch >&2
+  java_run org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+    --bootstrap-server "${KAFKA_BOOTSTRAP_SERVERS:-$(bootstrap)}" "$@"
+}
+
 case "${1:-}" in
   fetch) fetch ;;
+  consumer-groups) shift; consumer_groups "$@" ;;
   up) up ;;
   down) down ;;
   status) status ;;
   bootstrap) bootstrap ;;
   node-kill) node_kill "$2" ;;
   node-start) node_start "$2" ;;
-  *) echo "usage: $0 fetch|up|down|status|bootstrap|node-kill I|node-start I" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|up|down|status|bootstrap|node-kill I|node-start I|consumer-groups ARGS" >&2; exit 2 ;;
 esac
