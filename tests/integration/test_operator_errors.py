@@ -67,16 +67,17 @@ def test_a_taken_metrics_port_is_one_line_naming_port_and_flag(pipeline: Pipelin
 
 @pytest.fixture
 def empty_database(postgres: str) -> Iterator[str]:
-    """A database of this test's own, never migrated; dropped afterwards."""
-    name = f"ops_unmigrated_{uuid.uuid4().hex[:8]}"
-    admin = postgres.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    """The ledger database seen through an empty schema of this test's own (search_path in
+    the URL): never migrated, as far as the commands can tell. A schema rather than a new
+    database: the local stack lets the project's role into its own databases only."""
+    schema = f"ops_unmigrated_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
-        yield postgres.rsplit("/", 1)[0] + "/" + name
+        yield f"{postgres}{'&' if '?' in postgres else '?'}options=-csearch_path%3D{schema}"
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.mark.parametrize("module", ["app.processor", "app.sink", "app.backfill", "app.status"])
@@ -86,7 +87,7 @@ def test_an_unmigrated_ledger_says_run_alembic_upgrade_head(pipeline: Pipeline, 
     if module in ("app.processor", "app.sink"):
         args += ["--metrics-port", "0"]
     res = run(pipeline, module, *args, DATABASE_URL=empty_database)
-    assert_one_line_error(res, module.removeprefix("app."), 2, "alembic upgrade head", empty_database.rsplit("/")[-1])
+    assert_one_line_error(res, module.removeprefix("app."), 2, "alembic upgrade head", "never migrated")
 
 
 def test_a_ledger_behind_the_code_says_run_alembic_upgrade_head(pipeline: Pipeline, empty_database: str) -> None:
