@@ -135,7 +135,7 @@ wait_port() {  # port node
 
 wait_ready() {  # metadata answers with every broker registered
   local deadline=$((SECONDS + START_TIMEOUT_S))
-  until python3 - "$(bootstrap)" "$BROKERS" <<'PY' 2>/dev/null
+  until "${PYTHON:-python3}" - "$(bootstrap)" "$BROKERS" <<'PY' 2>/dev/null
 import sys
 from confluent_kafka.admin import AdminClient
 md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=5)
@@ -154,7 +154,7 @@ bootstrap() {
 }
 
 kafka_answers() {  # port: does a Kafka broker answer metadata requests there?
-  python3 - "127.0.0.1:$1" <<'PY' 2>/dev/null
+  "${PYTHON:-python3}" - "127.0.0.1:$1" <<'PY' 2>/dev/null
 import sys
 from confluent_kafka.admin import AdminClient
 sys.exit(0 if AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=5).brokers else 1)

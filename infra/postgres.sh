@@ -20,12 +20,18 @@ BEGIN="# >>> rollups-pipeline local stack (infra/postgres.sh; removed by make do
 END="# <<< rollups-pipeline local stack"
 OWNED_FILE="rollups-pipeline.owned"   # in a cluster's config directory: the stack created it
 
-# host, port, database and role of DATABASE_URL
+# host, port, database and role of DATABASE_URL (standard library only: `status` runs before `make install`)
 read -r HOST PORT DB ROLE < <("$PY" - "$DATABASE_URL" <<'PY'
-import sys
-from psycopg.conninfo import conninfo_to_dict
+import re, sys
+from urllib.parse import parse_qs, unquote, urlsplit
 url = sys.argv[1].replace("postgresql+psycopg://", "postgresql://")
-d = conninfo_to_dict(url)
+if "://" in url:
+    u = urlsplit(url)
+    q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    d = {"host": u.hostname, "port": u.port, "dbname": unquote(u.path.lstrip("/")) or None, "user": u.username}
+    d = {k: q.get(k, v) for k, v in d.items()}
+else:  # keyword DSN: host=... port=... dbname=... user=...
+    d = dict(re.findall(r"(\w+)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", url))
 print(d.get("host") or "127.0.0.1", d.get("port") or "5432", d.get("dbname") or "pipeline", d.get("user") or "postgres")
 PY
 )
