@@ -14,6 +14,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
+[ -x "$PY" ] || command -v "$PY" >/dev/null || PY=python3  # before `make install`: status still works
 DATABASE_URL="${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/pipeline}"
 STATE="${POSTGRES_STATE_DIR:-$ROOT/.data}"
 BEGIN="# >>> rollups-pipeline local stack (infra/postgres.sh; removed by make down)"
