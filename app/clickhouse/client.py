@@ -118,7 +118,10 @@ def connect(url: str) -> Client:
                 _raise_if_locked(target.path)
             client = clickhouse_connect.get_client(dsn=url, settings={"async_insert": 0})
         else:
-            client = clickhouse_connect.get_client(dsn=url, connect_timeout=CONNECT_TIMEOUT_S,
+            # the scheme picks TLS: clickhouse-connect reads host, port, credentials and options
+            # from a DSN but not its scheme, and would send plain HTTP to an https:// URL
+            client = clickhouse_connect.get_client(dsn=url, interface=urlsplit(url).scheme,
+                                                   connect_timeout=CONNECT_TIMEOUT_S,
                                                    send_receive_timeout=SEND_RECEIVE_TIMEOUT_S)
     except (ClickHouseError, ConnectionError, OSError) as e:
         raise translate(e, "connecting", url) from e
