@@ -48,14 +48,26 @@ def _error_cb(bootstrap: str) -> Callable[[KafkaError], None]:
             _outage[1] = now
             timeout = service_timeout()
             if timeout is not None and now - _outage[0] > timeout:
-                raise ServiceUnavailable(f"Kafka unreachable at {bootstrap} for {now - _outage[0]:.0f}s "
-                                         f"(--service-timeout {timeout:g}s): {err.str()}")
+                if _cluster_answers(bootstrap):  # only some brokers are down: not an outage of the service
+                    _outage[:] = [now, now]
+                else:
+                    raise ServiceUnavailable(f"Kafka unreachable at {bootstrap} for {now - _outage[0]:.0f}s "
+                                             f"(--service-timeout {timeout:g}s): {err.str()}")
         key = str(err.code())
         if now - _last_logged.get(key, -1e9) >= 10.0:
             _last_logged[key] = now
             log.warning("kafka_unavailable_retrying", bootstrap=bootstrap, error=err.str(), code=err.name(),
                         fatal=err.fatal())
     return on_error
+
+
+def _cluster_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """Does any broker answer a metadata request? (A fresh client, without our error_cb.)"""
+    probe = AdminClient({"bootstrap.servers": bootstrap, **_client_settings, "log_level": 0})
+    try:
+        return bool(probe.list_topics(timeout=timeout_s).brokers)
+    except KafkaException:
+        return False
 
 
 def _quiet(cfg: dict[str, object]) -> dict[str, object]:
