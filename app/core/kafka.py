@@ -24,11 +24,12 @@ _last_logged: dict[str, float] = {}
 _client_settings: dict[str, str] = {}
 
 # Outage bookkeeping for --service-timeout: librdkafka reconnects by itself and reports each
-# failed attempt through error_cb; an outage is a run of such errors without a gap longer
-# than _OUTAGE_GAP_S (the reconnect backoff is at most 5 s).
-_OUTAGE_CODES = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE})
-_OUTAGE_GAP_S = 15.0
-_outage: list[float] = []  # [first error, last error] of the current run of errors
+# failed attempt through error_cb (_TRANSPORT on every failed reconnect; _ALL_BROKERS_DOWN
+# each time every broker it knows is down again, every few seconds while they stay down).
+# The service is out while _ALL_BROKERS_DOWN keeps coming, less than _ALL_DOWN_GAP_S apart;
+# one broker of several down only ever reports _TRANSPORT, and is no outage.
+_ALL_DOWN_GAP_S = 30.0
+_outage: dict[str, float] = {}  # since, last: the current run of _ALL_BROKERS_DOWN reports
 
 
 def use_client_settings(settings: dict[str, str]) -> None:
@@ -42,32 +43,20 @@ def _error_cb(bootstrap: str) -> Callable[[KafkaError], None]:
         of one line per attempt, naming the brokers. Past --service-timeout of continuous
         connection errors, give up: raised here, the error leaves the client's poll/consume."""
         now = time.monotonic()
-        if err.code() in _OUTAGE_CODES:
-            if not _outage or now - _outage[1] > _OUTAGE_GAP_S:
-                _outage[:] = [now, now]
-            _outage[1] = now
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not _outage or now - _outage["last"] > _ALL_DOWN_GAP_S:
+                _outage["since"] = now
+            _outage["last"] = now
             timeout = service_timeout()
-            if timeout is not None and now - _outage[0] > timeout:
-                if _cluster_answers(bootstrap):  # only some brokers are down: not an outage of the service
-                    _outage[:] = [now, now]
-                else:
-                    raise ServiceUnavailable(f"Kafka unreachable at {bootstrap} for {now - _outage[0]:.0f}s "
-                                             f"(--service-timeout {timeout:g}s): {err.str()}")
+            if timeout is not None and now - _outage["since"] > timeout:
+                raise ServiceUnavailable(f"Kafka unreachable at {bootstrap}: every broker down for "
+                                         f"{now - _outage['since']:.0f}s (--service-timeout {timeout:g}s)")
         key = str(err.code())
         if now - _last_logged.get(key, -1e9) >= 10.0:
             _last_logged[key] = now
             log.warning("kafka_unavailable_retrying", bootstrap=bootstrap, error=err.str(), code=err.name(),
                         fatal=err.fatal())
     return on_error
-
-
-def _cluster_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """Does any broker answer a metadata request? (A fresh client, without our error_cb.)"""
-    probe = AdminClient({"bootstrap.servers": bootstrap, **_client_settings, "log_level": 0})
-    try:
-        return bool(probe.list_topics(timeout=timeout_s).brokers)
-    except KafkaException:
-        return False
 
 
 def _quiet(cfg: dict[str, object]) -> dict[str, object]:
