@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 N ?= 5
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
+MONITORING ?= 0
 export BROKERS
 export PYTHON := $(abspath $(PY))
 
@@ -39,17 +40,20 @@ $(VENV)/.deps: pyproject.toml | $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-up: install  ## start Kafka (BROKERS=1|3) and Postgres, migrate the ledger (idempotent)
+up: install  ## start Kafka (BROKERS=1|3) and Postgres, migrate the ledger; MONITORING=1: Prometheus + dashboard
 	@infra/kafka.sh up
 	@infra/postgres.sh up
+	@if [ "$(MONITORING)" = 1 ]; then infra/prometheus.sh up; fi
 
 down:  ## stop what `make up` started
+	@infra/prometheus.sh down
 	@infra/kafka.sh down
 	@infra/postgres.sh down
 
 status:  ## show the local stack and, when it is up, where the pipeline stands (python -m app.status)
 	@infra/kafka.sh status
 	@infra/postgres.sh status
+	@infra/prometheus.sh status
 	@if [ ! -x $(PY) ]; then echo "(make install, then make status shows python -m app.status too)"; \
 	elif infra/postgres.sh status | grep -q ' up at '; then \
 	  echo; $(PY) -m app.status; fi

@@ -154,8 +154,7 @@ def main() -> int:
     run_env = {**os.environ, **scope, "PYTHONPATH": str(REPO)}
     if args.skip_produce:
         with psycopg.connect(psycopg_conninfo(scope["DATABASE_URL"]), autocommit=True) as conn:
-            for t in LEDGER_TABLES:
-                conn.execute(f"DELETE FROM {t} WHERE pipeline_id = %s", (scope["PIPELINE_ID"],))
+            forget_pipeline(conn, scope["PIPELINE_ID"])
         shutil.rmtree(state_dir, ignore_errors=True)
         produce_s = 0.0
     else:

@@ -13,13 +13,16 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
-from tests.helpers import wait_for
+from app.ledger.scope import forget_pipeline
+from tests.helpers import log_events, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BOOTSTRAP = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -67,7 +70,7 @@ class Pipeline:
     bootstrap: str
     database_url: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: dict[int, Path] = field(default_factory=dict)  # pid -> stderr file of a started process
+    logs: dict[int, Path] = field(default_factory=dict)  # pid -> its log files, without suffix
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -81,38 +84,57 @@ class Pipeline:
         env.update(extra)
         return env
 
+    def _argv(self, module: str, args: tuple[str, ...], crash_at: str | None) -> list[str]:
+        argv = [sys.executable, "-m", module, *args, *(["--fault-injection"] if crash_at else [])]
+        if module in ("app.processor", "app.sink") and "--metrics-port" not in args:
+            argv += ["--metrics-port", "0"]  # tests run side by side: no fixed port
+        return argv
+
     def run(self, module: str, *args: str, crash_at: str | None = None, timeout: float = 300,
             check: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         extra = {**(extra_env or {}), **({"PIPELINE_CRASH_AT": crash_at} if crash_at else {})}
-        argv = [sys.executable, "-m", module, *args, *(["--fault-injection"] if crash_at else [])]
-        if module != "app.gen" or "--metrics-port" not in args:
-            argv += ["--metrics-port", "0"] if module in ("app.processor", "app.sink") else []
-        res = subprocess.run(argv, env=self.env(**extra), cwd=REPO, capture_output=True, text=True,
-                             timeout=timeout)
+        res = subprocess.run(self._argv(module, args, crash_at), env=self.env(**extra), cwd=REPO,
+                             capture_output=True, text=True, timeout=timeout, check=False)
         if check and res.returncode != 0:
             raise AssertionError(f"{module} {' '.join(args)} exited {res.returncode}\n"
                                  f"stdout:\n{res.stdout[-3000:]}\nstderr:\n{res.stderr[-5000:]}")
         return res
 
-    def start(self, module: str, *args: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
-        """A background process. Its stdout and stderr go to files (read them with `log`):
+    def start(self, module: str, *args: str, crash_at: str | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A background process: the suite's one way to run one. Its stdout and stderr go to
+        files (read them with `output` and `log`, its log lines with tests.helpers.log_events):
         a pipe nobody reads fills up after 64 KiB of log lines and blocks the process."""
-        extra = {"PIPELINE_CRASH_AT": crash_at} if crash_at else {}
-        argv = [sys.executable, "-m", module, *args, *(["--fault-injection"] if crash_at else [])]
-        if module in ("app.processor", "app.sink"):
-            argv += ["--metrics-port", "0"]
+        extra = {**(extra_env or {}), **({"PIPELINE_CRASH_AT": crash_at} if crash_at else {})}
         logs = self.tmp / "logs"
         logs.mkdir(exist_ok=True)
         path = logs / f"{len(self.procs):02d}-{module}"
         with open(path.with_suffix(".out"), "wb") as out, open(path.with_suffix(".err"), "wb") as err:
-            proc = subprocess.Popen(argv, env=self.env(**extra), cwd=REPO, stdout=out, stderr=err)
+            proc = subprocess.Popen(self._argv(module, args, crash_at), env=self.env(**extra), cwd=REPO,
+                                    stdout=out, stderr=err)
         self.procs.append(proc)
-        self.logs[proc.pid] = path.with_suffix(".err")
+        self.logs[proc.pid] = path
         return proc
 
     def log(self, proc: subprocess.Popen[bytes]) -> str:
         """Everything a process started with `start` has written to stderr so far."""
-        return self.logs[proc.pid].read_text(errors="replace")
+        return self.logs[proc.pid].with_suffix(".err").read_text(errors="replace")
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        """Everything a process started with `start` has written to stdout so far."""
+        return self.logs[proc.pid].with_suffix(".out").read_text(errors="replace")
+
+    def logged(self, proc: subprocess.Popen[bytes], *events: str) -> list[dict[str, Any]]:
+        """The log lines of `events` that `proc` (started with `start`) wrote so far; for
+        wait_for predicates: fails with its log once it has ended without writing one."""
+        found = log_events(self.log(proc), *events)
+        if found or proc.poll() is None:
+            return found
+        found = log_events(self.log(proc), *events)  # written just before it ended
+        if not found:
+            raise AssertionError(f"{' '.join(map(str, proc.args[2:4]))} exited {proc.returncode} without "
+                                 f"logging {' or '.join(events)}:\n{self.log(proc)[-3000:]}")
+        return found
 
     def alive(self, *procs: subprocess.Popen[bytes]) -> bool:
         """True while every one of `procs` (started with `start`) runs; else fail with the
@@ -167,24 +189,30 @@ class Pipeline:
         return psycopg.connect(self.database_url, autocommit=True)
 
 
-LEDGER_TABLES = ("sink_group", "sink_batch", "window_snapshot", "window_snapshot_chunk", "dlq_count",
-                 "partition_state", "pipeline_run", "backfill_run", "ledger_checkpoint", "pipeline_rules")
+@contextmanager
+def isolated_pipeline(bootstrap: str, database_url: str, tmp: Path) -> Iterator[Pipeline]:
+    """A pipeline of its own (topics, pipeline id, chDB path) on the Kafka at `bootstrap`;
+    afterwards its processes are killed and its ledger rows deleted (every table with a
+    pipeline_id column, read from the catalog). Its topics are the caller's to delete."""
+    pid = f"t-{uuid.uuid4().hex[:10]}"
+    p = Pipeline(pipeline_id=pid, topic=f"{pid}.events", dlq_topic=f"{pid}.dlq",
+                 clickhouse_url=f"chdb://{tmp / 'clickhouse'}", tmp=tmp, bootstrap=bootstrap,
+                 database_url=database_url)
+    try:
+        yield p
+    finally:
+        for proc in p.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        with p.ledger() as conn:
+            forget_pipeline(conn, pid)
 
 
 @pytest.fixture
 def pipeline(kafka: str, postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
-    pid = f"t-{uuid.uuid4().hex[:10]}"
-    p = Pipeline(pipeline_id=pid, topic=f"{pid}.events", dlq_topic=f"{pid}.dlq",
-                 clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}", tmp=tmp_path, bootstrap=kafka,
-                 database_url=postgres)
-    yield p
-    for proc in p.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    with p.ledger() as conn:
-        for table in LEDGER_TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed names)
+    with isolated_pipeline(kafka, postgres, tmp_path) as p:
+        yield p
     from confluent_kafka.admin import AdminClient
     admin = AdminClient({"bootstrap.servers": kafka, "log_level": 0})
     existing = admin.list_topics(timeout=10).topics

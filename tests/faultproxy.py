@@ -6,15 +6,19 @@ decides whether the network path works:
 - `refuse()`: open connections are cut and new ones refused (a stopped server, a closed port);
 - `blackhole()`: connections are accepted and open ones stay up, but no byte moves in
   either direction (a hung server, a partitioned network: clients wait for their timeouts);
-- `restore()`: traffic flows again (new connections; cut ones stay cut).
+- `restore()`: traffic flows again (new connections; cut ones stay cut);
+- `held_bytes()`: what is stuck in the black hole, so a test can wait for a hang.
 
 Usage: `with FaultProxy("127.0.0.1", 5432) as proxy: url = f"...@127.0.0.1:{proxy.port}/..."`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import selectors
 import socket
+import struct
+import termios
 import threading
 from types import TracebackType
 from typing import Literal
@@ -80,6 +84,20 @@ class FaultProxy:
             if self.mode == "refuse":
                 self._listen_locked()
             self.mode = "up"
+
+    def held_bytes(self) -> int:
+        """Bytes the proxy holds, not forwarded, in either direction: in a black hole, > 0
+        once a call hangs in it, whether its request is held or, sent just before the
+        black hole, the server's answer (what a test waits for before it acts on the hang)."""
+        with self._lock:
+            sockets = [s for pair in self._pairs for s in pair]
+        held = 0
+        for sock in sockets:
+            try:
+                held += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+            except (OSError, ValueError):
+                continue  # cut meanwhile
+        return held
 
     # ---- internals ----------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -69,9 +71,11 @@ def clickhouse_rows(url: str, table: str, *, final: bool) -> list[tuple]:  # typ
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05) -> T:
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05,
+             detail: Callable[[], str] | None = None) -> T:
     """Poll `predicate` until it returns something truthy and return that; after `timeout`
-    seconds fail with `what` (say what was awaited: it is the whole failure message).
+    seconds fail with `what` (say what was awaited: it is the whole failure message), and
+    `detail()` if given (e.g. the tail of a process's log).
     A predicate may raise AssertionError itself, e.g. when a process it needs has died."""
     deadline = time.monotonic() + timeout
     while True:
@@ -79,7 +83,8 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, *, interval:
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}"
+                                 + ("" if detail is None else f":\n{detail()}"))
         time.sleep(interval)
 
 
@@ -93,15 +98,38 @@ def observe_for(seconds: float, interval: float) -> Iterator[float]:
         time.sleep(interval)
 
 
-def log_events(stderr: str, event: str) -> list[dict[str, Any]]:
-    """The JSON log lines of one event, in order."""
+def log_events(stderr: str, *events: str) -> list[dict[str, Any]]:
+    """The JSON log lines of the given events, in order. A last line without its newline is
+    still being written (a running process's log file) and is left for the next read."""
     out = []
-    for line in stderr.splitlines():
-        if f'"{event}"' in line and line.startswith("{"):
+    for line in stderr.split("\n")[:-1]:  # the piece after the last newline is not a whole line yet
+        if line.startswith("{") and any(f'"{event}"' in line for event in events):
             obj = json.loads(line)
-            if obj.get("event") == event:
+            if obj.get("event") in events:
                 out.append(obj)
     return out
+
+
+def sigterm_and_time(proc: subprocess.Popen[bytes], timeout: float = 60) -> float:
+    """SIGTERM `proc` and wait for it to exit: the seconds that took, measured, for tests
+    that assert a stop budget. One that outlives `timeout` is killed and the test fails."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+        name = " ".join(map(str, proc.args[2:4]))
+        raise AssertionError(f"{name} ignored SIGTERM for {timeout:g} s") from None
+    return time.monotonic() - started
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for a server the test starts, or a closed port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def assert_crashed_at(returncode: int | None, stderr: str, point: str, nth: int | None = None) -> None:

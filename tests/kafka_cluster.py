@@ -6,12 +6,17 @@ infra/kafka.sh with its own KAFKA_PORT_BASE and KAFKA_DATA_DIR (node i listens o
 this is the way to make one broker (and the partitions it leads) unavailable: a TCP proxy
 on the bootstrap port would not isolate anything.
 
-Usage, in a test module:
+Usage, in a test module (a pipeline on it: tests.conftest.isolated_pipeline):
 
     @pytest.fixture(scope="module")
     def cluster(tmp_path_factory):
         with kafka_cluster(tmp_path_factory, brokers=3) as c:
             yield c
+
+    @pytest.fixture
+    def pipeline_c(cluster, postgres, tmp_path):
+        with isolated_pipeline(cluster.bootstrap, postgres, tmp_path) as p:
+            yield p
 """
 
 from __future__ import annotations
@@ -20,18 +25,14 @@ import os
 import signal
 import socket
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:
-    from tests.conftest import Pipeline
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO / "infra" / "kafka.sh"
@@ -85,16 +86,15 @@ class KafkaCluster:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
-        deadline = time.monotonic() + timeout_s
-        while True:
-            md = admin.list_topics(topic, timeout=10)
-            t = md.topics.get(topic)
-            leaders = [] if t is None or t.error else [pm.leader for pm in t.partitions.values()]
-            if leaders and all(leader not in (-1, node) for leader in leaders):
-                return
-            assert time.monotonic() < deadline, f"timed out waiting for {topic}'s leaders to leave node {node}: " \
-                                                f"{leaders}"
-            time.sleep(0.2)
+        leaders: list[int] = []
+
+        def moved() -> bool:
+            t = admin.list_topics(topic, timeout=10).topics.get(topic)
+            leaders[:] = [] if t is None or t.error else [pm.leader for pm in t.partitions.values()]
+            return bool(leaders) and all(leader not in (-1, node) for leader in leaders)
+
+        wait_for(moved, timeout_s, f"{topic}'s partition leaders to leave node {node}",
+                 interval=0.2, detail=lambda: f"leaders: {leaders}")
 
 
 @contextmanager
@@ -124,27 +124,3 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory, *, brokers: int = 3,
             except (OSError, ValueError):
                 pass
         subprocess.run([str(KAFKA_SH), "down"], env=env, capture_output=True, timeout=120, check=False)
-
-
-@contextmanager
-def cluster_pipeline(cluster: KafkaCluster, database_url: str, tmp_path: Path) -> Iterator[Pipeline]:
-    """An isolated pipeline (own topics, pipeline id, chDB path) on a test cluster; its
-    processes are killed and its ledger rows deleted afterwards (the topics go with the cluster)."""
-    import psycopg
-
-    from tests.conftest import LEDGER_TABLES, Pipeline
-
-    pid = f"t-{uuid.uuid4().hex[:10]}"
-    p = Pipeline(pipeline_id=pid, topic=f"{pid}.events", dlq_topic=f"{pid}.dlq",
-                 clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}", tmp=tmp_path, bootstrap=cluster.bootstrap,
-                 database_url=database_url)
-    try:
-        yield p
-    finally:
-        for proc in p.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=30)
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            for table in LEDGER_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # fixed table names

@@ -37,8 +37,8 @@ from app.core.config import (
 from app.core.errors import FatalError, PipelineError, RetryableError, ServiceLocked, ServiceUnavailable
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
-from app.core.metrics import serve_metrics
 from app.core.retry import retry_call
+from app.core.serve import serve_metrics
 from app.core.startup import start_command
 from app.ledger.schema_check import require_migrated
 from app.processor.windows import LatenessPolicy
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          service_timeout_s=timeout_s, max_examples=args.max_diffs)
     try:
         with metrics_port(PROG, args.metrics_port, args.metrics_host):
-            serve_metrics(args.metrics_port, args.metrics_host)
+            serve_metrics(args.metrics_port, args.metrics_host, stage="backfill")
         retry_call(lambda: require_migrated(cfg.services.database_url), what="postgres_ledger_schema",
                    deadline_s=timeout_s)
         outcome = Backfill(cfg).run()

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import structlog
 
+from app.core import health
 from app.core.errors import RetryableError, ServiceUnavailable
 
 T = TypeVar("T")
@@ -73,6 +74,7 @@ def retry_call(
                     raise
                 raise ServiceUnavailable(f"{what}: gave up after {time.monotonic() - started:.0f}s "
                                          f"(--service-timeout {deadline_s:g}s): {e}") from e
+            health.beat()  # waiting on a service is not a dead loop: a restart would not help
             log.warning("service_retry", what=what, attempt=backoff.attempt, delay_s=round(delay, 2),
                         error=f"{type(e).__name__}: {e}")
             time.sleep(delay)

@@ -17,7 +17,8 @@ import structlog
 
 from app.core.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, fail, metrics_port
 from app.core.errors import PipelineError, RetryableError
-from app.core.metrics import serve_metrics
+from app.core.probes import watch_services
+from app.core.serve import serve_metrics
 from app.core.startup import start_command
 from app.gen.cli import parse_args
 from app.gen.produce import prepare_topic, run
@@ -38,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with metrics_port("gen", args.metrics_port, args.metrics_host):
-        serve_metrics(args.metrics_port, args.metrics_host)
+        serve_metrics(args.metrics_port, args.metrics_host, stage="gen")
+    if args.metrics_port:
+        watch_services(args.settings, postgres=False)
     spec, plan = args.spec, args.plan
     log.info("gen_start", topic=plan.topic, bootstrap=args.settings.kafka_bootstrap_servers,
              events=spec.events, rate=plan.rate or "max", seed=spec.seed, accounts=spec.accounts,

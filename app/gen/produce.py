@@ -21,6 +21,7 @@ import numpy as np
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from app.core import health
 from app.core.errors import FatalError, RetryableError
 from app.core.kafka import admin, ensure_topic, producer_config
 from app.core.metrics import GEN_BEHIND, GEN_EVENTS
@@ -206,6 +207,7 @@ def run(spec: GenSpec, plan: SendPlan, bootstrap: str, stop: threading.Event) ->
                 log.info("gen_caught_up", sent=sent)
                 behind_logged = False
             budget = min(due - sent, _SLICE)
+        health.beat()
         lo, records = feed.take(budget)
         accepted = _send(producer, topic, records, stop, state)
         n_late, n_invalid = feed.counts(lo, lo + accepted)

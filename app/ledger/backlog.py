@@ -13,6 +13,7 @@ class PendingWork:
     rows: int
     payload_bytes: int
     oldest_age_s: float                # 0 when nothing is pending
+    batches: int = 0
 
 
 def pending_work(ledger: Ledger) -> PendingWork:
@@ -21,8 +22,8 @@ def pending_work(ledger: Ledger) -> PendingWork:
     def tx(conn: Connection) -> PendingWork:
         row = single_row(conn.execute(
             """SELECT coalesce(sum(row_count), 0), coalesce(sum(octet_length(payload)), 0),
-                      coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+                      coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8, count(*)
                FROM sink_batch WHERE pipeline_id = %s AND status = 'pending'""",
             (ledger.pipeline_id,)))
-        return PendingWork(int(row[0]), int(row[1]), float(row[2]))
+        return PendingWork(int(row[0]), int(row[1]), float(row[2]), int(row[3]))
     return ledger.transaction(tx)

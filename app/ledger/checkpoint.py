@@ -3,8 +3,8 @@ checkpoint commits (`Ledger.commit`) and what the commit returns."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -60,6 +60,9 @@ class Checkpoint:
     advances: tuple[PartitionAdvance, ...]
     tables: Mapping[str, pa.Table]                     # rollup table -> window rows emitted
     dlq_counts: Mapping[tuple[int, str, str], int]     # (partition, reason, window_kind) -> n
+    kafka_ts_ms: tuple[int, int] | None = None         # Kafka timestamps of the records covered: min, max
+    # windows this checkpoint drops as final: (table, window start ms) -> [windows, events, amount]
+    settled: Mapping[tuple[str, int], Sequence[int]] = field(default_factory=dict)
 
     @property
     def records(self) -> int:

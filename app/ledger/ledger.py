@@ -35,6 +35,7 @@ from app.ledger.checkpoint import (
     checkpoint_ref,
 )
 from app.ledger.identity import batch_id as make_batch_id
+from app.ledger.settled_write import add_settled
 
 __all__ = ["Checkpoint", "CommitResult", "Connection", "Ledger", "PartitionAdvance", "PartitionClaim",
            "PartitionFenced", "single_row"]
@@ -205,7 +206,7 @@ class Ledger:
            pipeline's first checkpoint records its rules and input log (`self.pin`), every
            later one must carry the same (app/ledger/pipeline_rules.py);
         3. insert one sink batch per rollup table, id derived from the offset ranges;
-        4. add the DLQ counts;
+        4. add the DLQ counts, and the totals of the windows it drops as final (settled_write.py);
         5. advance next_offset / watermark of every partition covered;
         6. commit. Until then nothing is visible to the sink; after it, all of it is.
 
@@ -268,7 +269,8 @@ class Ledger:
                 bid = make_batch_id(self.pipeline_id, SOURCE, cp.topic, table_name, ranges)
                 if not insert_sink_batch(conn, pipeline_id=self.pipeline_id, batch_id=bid,
                                          checkpoint_id=int(checkpoint_id), table_name=table_name, source=SOURCE,
-                                         topic=cp.topic, rows=table, offset_ranges=ranges):
+                                         topic=cp.topic, rows=table, offset_ranges=ranges,
+                                         kafka_ts_ms=cp.kafka_ts_ms):
                     # the fence (step 1) makes every range new: an existing id is a broken ledger
                     raise InvariantViolation(f"batch {bid} of {table_name} {ranges} is already in the ledger")
                 batch_ids.append(bid)
@@ -282,6 +284,7 @@ class Ledger:
                            ON CONFLICT (pipeline_id, topic, partition, reason, window_kind)
                            DO UPDATE SET count = dlq_count.count + EXCLUDED.count""",
                         (self.pipeline_id, cp.topic, partition, reason, kind, n))
+            add_settled(conn, self.pipeline_id, int(checkpoint_id), cp.settled)  # 4b. windows final now
             # 5. offsets and watermarks
             for a in cp.advances:
                 conn.execute(

@@ -35,9 +35,11 @@ from app.core.config import (
 from app.core.errors import ConfigurationError, FatalError, PipelineError, RetryableError, ServiceUnavailable
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
+from app.core.health import HEALTH
 from app.core.kafka import wait_until_reachable
-from app.core.metrics import serve_metrics
+from app.core.probes import watch_services
 from app.core.retry import retry_call
+from app.core.serve import serve_metrics
 from app.core.startup import start_command
 from app.ledger.schema_check import require_migrated
 from app.processor.config import ProcessorConfig
@@ -158,11 +160,15 @@ def main(argv: list[str] | None = None) -> int:
                                                  write_buffer_bytes=args.state_write_buffer_mb << 20),
                           snapshot_chunk_rows=args.snapshot_chunk_rows)
     with metrics_port(PROG, args.metrics_port, args.metrics_host):
-        serve_metrics(args.metrics_port, args.metrics_host)
+        serve_metrics(args.metrics_port, args.metrics_host, stage="processor",
+                      pipeline_id=cfg.services.pipeline_id)
     processor = None
     s = cfg.services
     log.info("processor_starting", version=package_version(), service_timeout_s=args.service_timeout,
              **s.masked())
+    if args.metrics_port:  # before the services are waited for: not ready while they are down
+        watch_services(cfg.services)
+        HEALTH.add_condition("owns_partitions", lambda: bool(processor is not None and processor.owned))
     try:
         # the services first: an unmigrated ledger or a wrong broker address is one line within
         # seconds, before anything is consumed

@@ -49,6 +49,7 @@ class Backpressure:
                           should_stop=self.should_stop)
         metrics.PENDING_ROWS.set(work.rows)
         metrics.PENDING_BYTES.set(work.payload_bytes)
+        metrics.PENDING_BATCHES.set(work.batches)
         over = work.rows > cfg.max_pending_rows or (cfg.max_pending_bytes > 0
                                                     and work.payload_bytes > cfg.max_pending_bytes)
         drained = work.rows <= cfg.max_pending_rows // 2 and (cfg.max_pending_bytes == 0
@@ -83,3 +84,5 @@ class Backpressure:
                 continue
             if high is not None and high >= 0:
                 metrics.CONSUMER_LAG.labels(partition=str(p)).set(max(0, high - owned.next_offset))
+            if owned.watermark_ms is not None:
+                metrics.WATERMARK_LAG.labels(partition=str(p)).set(time.time() - owned.watermark_ms / 1000)

@@ -39,7 +39,8 @@ in-memory state may be ahead of what was applied.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import pyarrow as pa
 import structlog
@@ -53,6 +54,8 @@ from app.processor.config import ProcessorConfig
 from app.processor.dlq import DeadLetters
 from app.processor.group_offsets import GroupOffsets
 from app.processor.ownership import Ownership
+from app.processor.partition import OwnedPartition
+from app.processor.settled import settled_totals
 from app.processor.snapshots import Snapshots
 from app.processor.windows import KINDS
 
@@ -86,6 +89,7 @@ class Checkpointer:
             return
         self.last_commit_s = time.monotonic()
         self.dirty_estimate = 0
+        steps = metrics.StepTimer()
         owned = self.ownership.owned
         # 0. collect
         advances: list[PartitionAdvance] = []
@@ -103,13 +107,20 @@ class Checkpointer:
         if not advances:
             return
         cp = Checkpoint(topic=self.cfg.services.events_topic, advances=tuple(advances),
-                        tables=tables_by_kind(emitted), dlq_counts=dlq_counts)
+                        tables=tables_by_kind(emitted), dlq_counts=dlq_counts,
+                        kafka_ts_ms=kafka_time_range(owned[a.partition] for a in advances))
+        steps.lap("collect")
         # 1. DLQ acknowledged
         crash_point("checkpoint.before_dlq_flush")
         retry_call(self.dlq.flush, what="kafka_dlq_flush", should_stop=self.should_stop)
+        steps.lap("dlq_flush")
         # 2. prepare the local store
         for a in advances:
             owned[a.partition].store.prepare(a.next_offset)
+        # what step 4 will drop as final, summed for the ledger's settled totals (processor/settled.py)
+        cp = replace(cp, settled=settled_totals(((owned[a.partition].store, a.watermark_ms) for a in advances),
+                                                self.cfg.policy))
+        steps.lap("prepare")
         crash_point("state.after_local_before_commit")
         crash_point("checkpoint.before_commit")
         # 3. the Postgres transaction
@@ -124,6 +135,7 @@ class Checkpointer:
                 self.ownership.release(p, "fenced")
             self.commit()  # the partitions still ours
             return
+        steps.lap("ledger_commit")
         crash_point("checkpoint.after_commit")
         crash_point("state.after_commit_before_local")
         ref = result.checkpoint_ref
@@ -134,21 +146,36 @@ class Checkpointer:
             o.store.commit(ref, a.next_offset)
             o.committed_offset = a.next_offset
             o.dlq_counts.clear()
+            o.kafka_ts_min = o.kafka_ts_max = None
             o.store.drop_final(self.cfg.policy, o.watermark_ms)
             metrics.WATERMARK_MS.labels(partition=str(a.partition)).set(o.watermark_ms or 0)
+        steps.lap("local_commit")
         # 5. snapshot
         now = time.monotonic()
         for a in advances:
             self.snapshots.start_if_due(owned[a.partition], result.checkpoint_id, now)
+        steps.lap("snapshot")
         # 6. advisory: the group's offsets for Kafka's lag tools, never read back
         if self.group_offsets is not None:
             self.group_offsets.publish(advances)
+            steps.lap("group_offsets")
         metrics.CHECKPOINTS.labels(source="live").inc()
         metrics.CHECKPOINT_SECONDS.observe(result.seconds)
-        open_windows = [o.store.open_windows() for o in owned.values()]
+        metrics.count_folded(cp.records, dlq_counts)  # once per process: a landed retry was not counted yet
+        open_windows = {p: o.store.open_windows() for p, o in owned.items()}
         for k in KINDS:
-            metrics.OPEN_WINDOWS.labels(window_kind=k.label).set(sum(w[k.label] for w in open_windows))
+            metrics.OPEN_WINDOWS.labels(window_kind=k.label).set(sum(w[k.label] for w in open_windows.values()))
+        for p, w in open_windows.items():
+            metrics.STATE_KEYS.labels(partition=str(p)).set(sum(w.values()))
         log.info("checkpoint_committed", checkpoint_id=result.checkpoint_id, records=cp.records,
                  rows=result.rows, batches=len(result.batch_ids), partitions=len(advances),
                  dlq=sum(dlq_counts.values()), seconds=round(result.seconds, 4),
                  already_committed=result.already_committed)
+
+
+def kafka_time_range(partitions: Iterable[OwnedPartition]) -> tuple[int, int] | None:
+    """The Kafka timestamps of the records a checkpoint covers (min, max), if the broker gave any."""
+    seen = [(o.kafka_ts_min, o.kafka_ts_max) for o in partitions if o.kafka_ts_min is not None]
+    if not seen:
+        return None
+    return min(lo for lo, _ in seen), max(hi for _, hi in seen if hi is not None)

@@ -26,7 +26,7 @@ from typing import Any, Final, cast
 import structlog
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from app.core import metrics
+from app.core import health, metrics
 from app.core.errors import FatalError, RetryableError
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
 from app.core.retry import retry_call
@@ -56,6 +56,7 @@ _offset = cast(Callable[[Message], int], Message.offset)
 _key = cast(Callable[[Message], "bytes | None"], Message.key)
 _value = cast(Callable[[Message], "bytes | None"], Message.value)
 _error = cast(Callable[[Message], "KafkaError | None"], Message.error)
+_timestamp = cast(Callable[[Message], "tuple[int, int]"], Message.timestamp)
 
 
 class Processor:
@@ -131,6 +132,7 @@ class Processor:
                  state_dir=None if own.slot is None else str(own.slot.path), **s.masked())
         try:
             while not self.stopping:
+                health.beat()
                 self.backpressure.check()
                 msgs = self.consumer.consume(self.cfg.poll_records, timeout=0.2)
                 if msgs:
@@ -216,7 +218,6 @@ class Processor:
     # ---- the hot path -----------------------------------------------------
 
     def _process(self, msgs: list[Message]) -> None:
-        n = len(msgs)
         if any(map(_error, msgs)):  # rare: the errors first, in order (one may stop us), then the records
             for err in [e for e in map(_error, msgs) if e is not None]:
                 self._on_kafka_error(err)
@@ -238,11 +239,12 @@ class Processor:
             owned.position = fold_run(zip(map(_offset, run), map(_key, run), map(_value, run), strict=True),
                                       owned.position, rules, part_deltas,
                                       PartitionDeadLetters(dlq, p, owned.dlq_counts))
+            owned.note_kafka_times(_timestamp(run[0])[1], _timestamp(run[-1])[1])
+            metrics.EVENTS_READ.labels(partition=str(p)).inc(len(run))
         for p, part_deltas in deltas.items():
             if part_deltas:
                 owned_map[p].store.fold(part_deltas)
                 self.checkpointer.dirty_estimate += len(part_deltas)
-        metrics.EVENTS_READ.labels(partition="all").inc(n)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._AUTO_OFFSET_RESET:  # the log no longer holds our next offset

@@ -274,6 +274,17 @@ class LevelDBWindowStore:
                     wb.put(META_KEY, self._meta("committed", self._ref, self._next_offset))
         return dropped
 
+    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None,
+                    ) -> Iterator[tuple[WindowKey, tuple[int, int]]]:
+        """The stored windows `drop_final` would drop now, with their values (after prepare: the latest)."""
+        for kind in KINDS:
+            bound_ms = policy.oldest_open_start_ms(WindowKind(kind), watermark_ms)
+            stop_s = 0 if bound_ms is None else min(max(-(-bound_ms // 1000), 0), MAX_START_S)
+            if stop_s > self._final_from[kind]:
+                for kb, v in self._db.iterator(start=PREFIX.pack(kind, self._final_from[kind]),
+                                               stop=PREFIX.pack(kind, stop_s)):
+                    yield unpack_key(kb), unpack_value(v)
+
     # ---- snapshot and restore ---------------------------------------------
 
     def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:

@@ -138,6 +138,7 @@ class Ownership:
             owned.snapshot = None
         owned.store.close()
         metrics.OWNED_PARTITIONS.set(len(self.owned))
+        metrics.forget_partition(partition)
         if reason == "fenced":
             metrics.PARTITIONS_FENCED.inc()
             try:  # stop fetching it until the group assigns it to us again

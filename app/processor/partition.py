@@ -42,6 +42,19 @@ class OwnedPartition:
     dlq_counts: dict[tuple[str, str], int] = field(default_factory=dict)  # since the last commit
     last_snapshot_at: float = field(default_factory=time.monotonic)
     snapshot: SnapshotJob | None = None
+    # Kafka timestamps (ms) of the records read since the last commit, first and last of each
+    # run: the ledger keeps them per batch for the end-to-end latency (app/sink/latency.py)
+    kafka_ts_min: int | None = None
+    kafka_ts_max: int | None = None
+
+    def note_kafka_times(self, first_ms: int, last_ms: int) -> None:
+        lo, hi = (first_ms, last_ms) if first_ms <= last_ms else (last_ms, first_ms)
+        if lo < 0:
+            return  # the broker gave no timestamp
+        if self.kafka_ts_min is None or lo < self.kafka_ts_min:
+            self.kafka_ts_min = lo
+        if self.kafka_ts_max is None or hi > self.kafka_ts_max:
+            self.kafka_ts_max = hi
 
     @property
     def position(self) -> Position:

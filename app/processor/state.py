@@ -20,7 +20,7 @@ prepared, another ref) means it must be rebuilt from the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 import pyarrow as pa
@@ -62,6 +62,11 @@ class WindowStore(Protocol):
     def drop_final(self, policy: LatenessPolicy, watermark_ms: int | None) -> int:
         """Forget windows that can no longer change (never a dirty or pending one);
         returns how many were dropped."""
+
+    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None,
+                    ) -> Iterator[tuple[WindowKey, Sequence[int]]]:
+        """The windows `drop_final(policy, watermark_ms)` would drop now, with their values
+        (called after `prepare`: the latest ones). The settled totals (app/processor/settled.py)."""
 
     def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:
         """Every open window as of now, in tables of at most rows_per_chunk rows. The view
@@ -155,6 +160,12 @@ class InMemoryWindowStore:
                 del self._values[key]
                 dropped += 1
         return dropped
+
+    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None) -> Iterator[tuple[WindowKey, list[int]]]:
+        """The windows `drop_final` would drop now, with their values."""
+        for slot, keys in list(self._by_start.items()):
+            if policy.is_final(WindowKind(slot[0]), slot[1], watermark_ms):
+                yield from ((k, self._values[k]) for k in keys)
 
     def snapshot(self) -> pa.Table:
         p = self.partition

@@ -33,13 +33,15 @@ from app.core.config import (
 from app.core.errors import ConfigurationError, FatalError, PipelineError, RetryableError, ServiceUnavailable
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
-from app.core.metrics import serve_metrics
+from app.core.probes import watch_services
 from app.core.retry import retry_call
+from app.core.serve import serve_metrics
 from app.core.startup import start_command
 from app.ledger.schema_check import require_migrated
 from app.sink.faults import FAULT_MODES, FaultyWriter, InsertFaultPlan
 from app.sink.groups import GroupPolicy
 from app.sink.loop import DEFAULT_INSERT_BLOCK_ROWS, Sink, SinkConfig
+from app.sink.reconcile import ReconcilePolicy, Reconciler
 from app.sink.writer import ClickHouseWriter, RollupWriter
 
 PROG = "sink"
@@ -79,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--async-insert", action="store_true",
                    help="use ClickHouse async inserts (deduplicated, waited for) instead of synchronous ones "
                         "for new groups; recorded like the block size")
+    p.add_argument("--reconcile-every", type=duration_arg, default=15.0, metavar="DURATION",
+                   help="compare the ledger's settled, acknowledged totals with ClickHouse FINAL this often "
+                        "(pipeline_reconcile_* metrics; 0 = never) (default 15s)")
     f = p.add_argument_group("insert fault injection (testing; needs --fault-injection)")
     f.add_argument("--fail-insert-every", type=non_negative_int_arg, default=0, metavar="N",
                    help="make every Nth insert call fail (then retried), 0 = never (default 0)")
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         raise_fatal_on_bad_url(settings.clickhouse_url)
         with metrics_port(PROG, args.metrics_port, args.metrics_host):
-            serve_metrics(args.metrics_port, args.metrics_host)
+            serve_metrics(args.metrics_port, args.metrics_host, stage="sink", pipeline_id=settings.pipeline_id)
+        if args.metrics_port:
+            watch_services(settings, kafka=False)  # the sink reads only the ledger and writes ClickHouse
         with StopSignals() as stop:
             try:  # ClickHouse is connected and migrated first thing in Sink.run
                 retry_call(lambda: require_migrated(settings.database_url), what="postgres_ledger_schema",
@@ -124,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
                     raise
                 log.info("sink_stopped", reason=f"{stop.requested} while waiting: {e}")
                 return EXIT_OK
-        writer: RollupWriter = ClickHouseWriter(settings.clickhouse_url)
+        clickhouse = ClickHouseWriter(settings.clickhouse_url)
+        writer: RollupWriter = clickhouse
         if faults.enabled:
             log.warning("insert_faults_enabled", every=faults.every, probability=faults.probability,
                         seed=faults.seed, mode=faults.mode)
             writer = FaultyWriter(writer, faults)
-        return Sink(cfg, writer).run()
+        policy = ReconcilePolicy(every_s=args.reconcile_every)
+        reconcile = (lambda ledger: Reconciler(ledger, clickhouse.client, policy)) if args.reconcile_every else None
+        return Sink(cfg, writer, reconcile=reconcile).run()
     except ClickHouseRejected as e:  # a wrong password (2), an incompatible table (1): retrying cannot help
         log.error("sink_fatal", error=str(e), code=e.code, exit_code=e.exit_code)
         return fail(PROG, str(e), e.exit_code)

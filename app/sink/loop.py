@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import structlog
 
 from app.clickhouse.client import block_layout_settings, legacy_insert_settings
-from app.core import metrics
+from app.core import health, metrics
 from app.core.config import ServiceSettings
 from app.core.errors import InvariantViolation, RetryableError
 from app.core.faults import crash_point
@@ -47,6 +47,8 @@ from app.ledger.retention import prune_payloads
 from app.ledger.sink_groups import BlockLayout, GroupConflict, InsertGroup
 from app.ledger.until_end import sink_run_state
 from app.sink.groups import GroupPolicy, cut_blocks, group_rows, plan_group, resolve_layout
+from app.sink.latency import LatencyObserver
+from app.sink.reconcile import Reconciler
 from app.sink.writer import RollupWriter
 
 log = structlog.get_logger("sink")
@@ -85,11 +87,14 @@ class SinkConfig:
 
 
 class Sink:
-    def __init__(self, cfg: SinkConfig, writer: RollupWriter) -> None:
+    def __init__(self, cfg: SinkConfig, writer: RollupWriter, *,
+                 reconcile: Callable[[Ledger], Reconciler] | None = None) -> None:
         self.cfg = cfg
         s = cfg.services
         self.ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
         self.writer = writer
+        self.latency = LatencyObserver(self.ledger)
+        self.reconciler = None if reconcile is None else reconcile(self.ledger)
         self.stopping = False
         self.groups_acked = 0
         self._backlog_at = 0.0
@@ -109,6 +114,9 @@ class Sink:
             # ClickHouse first: a wrong password or database stops the sink now, not at the first group
             self._call(self.writer.prepare, what="clickhouse_connect", backoff=Backoff(0.2, 10.0))
             while not self.stopping:
+                health.beat()
+                if self.reconciler is not None:
+                    self.reconciler.maybe_sample()
                 self._observe_backlog()
                 group = self._next_group()
                 if group is None:
@@ -195,6 +203,7 @@ class Sink:
         work = self._call(lambda: pending_work(self.ledger), what="postgres_pending_work")
         metrics.PENDING_ROWS.set(work.rows)
         metrics.PENDING_BYTES.set(work.payload_bytes)
+        metrics.PENDING_BATCHES.set(work.batches)
         metrics.SINK_LAG_SECONDS.set(work.oldest_age_s)
 
     # ---- 1-2. plan and record -------------------------------------------------
@@ -254,17 +263,19 @@ class Sink:
             raise InvariantViolation(f"group {group.group_id}: ledger says {group.row_count} rows, "
                                      f"members hold {data.num_rows}")
         if group.insert_attempts > 0 or group.status == "acked":
-            metrics.SINK_REPLAYS.inc(len(members))
             log.info("group_replayed", group_id=group.group_id, table=group.table_name,
                      earlier_attempts=group.insert_attempts, status=group.status, **_layout_fields(layout))
         insert_s = 0.0
         attempts = group.insert_attempts
+        metrics.INFLIGHT_BATCHES.set(len(members))
 
         def insert() -> None:
             nonlocal insert_s, attempts
             # 3. every attempt is counted before it is made, so the ledger shows each send
             self._call(lambda: groups_ledger.record_group_attempt(self.ledger, group),
                        what="postgres_record_attempt")
+            if attempts > 0 or group.status == "acked":  # a retry here or a resumed group: sent again
+                metrics.SINK_REPLAYS.inc(len(members))
             attempts += 1
             crash_point("sink.before_insert")
             t0 = time.monotonic()
@@ -279,6 +290,8 @@ class Sink:
         self._call(insert, what="clickhouse_insert", backoff=Backoff(0.2, 10.0))
         crash_point("sink.after_insert")  # in ClickHouse, not yet acknowledged
         self._call(lambda: groups_ledger.acknowledge_group(self.ledger, group), what="postgres_acknowledge")  # 5.
+        metrics.INFLIGHT_BATCHES.set(0)
+        self.latency.acknowledged(group.member_batch_ids, time.time())
         self.groups_acked += 1
         if self.groups_acked % self.cfg.prune_every_groups == 0:
             pruned = self._call(lambda: prune_payloads(self.ledger), what="postgres_prune_payloads")

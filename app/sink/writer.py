@@ -30,6 +30,7 @@ from app.clickhouse.client import TOKEN_SETTING, ClickHouseTarget, block_layout_
 from app.clickhouse.errors import classify, first_line, translate
 from app.core.config import mask_url
 from app.core.errors import PipelineError, RetryableError, ServiceLocked
+from app.sink.dedup import DedupProbe
 
 log = structlog.get_logger("sink")
 
@@ -54,6 +55,7 @@ class ClickHouseWriter:
         self._connect = connect_fn
         self._client: Client | None = None
         self._server = not ClickHouseTarget(url).embedded
+        self.dedup = DedupProbe(embedded=not self._server)
 
     def prepare(self) -> None:
         self.client()
@@ -76,7 +78,10 @@ class ClickHouseWriter:
     def insert(self, table: str, rows: pa.Table, token: str, settings: Mapping[str, Any] | None = None) -> None:
         sent = {**(block_layout_settings() if settings is None else settings), TOKEN_SETTING: token}
         try:
-            self.client().insert_arrow(table, rows, settings=sent)
+            client = self.client()
+            before = self.dedup.before(client)
+            client.insert_arrow(table, rows, settings=sent)
+            self.dedup.after(client, before, table, len(rows.to_batches()))
         except PipelineError:
             raise
         except (ClickHouseError, ConnectionError, TimeoutError, OSError) as e:

@@ -37,9 +37,9 @@ from app.core.config import (
     service_settings,
 )
 from app.core.errors import FatalError, RetryableError, ServiceLocked, ServiceUnavailable
-from app.core.metrics import serve_metrics
 from app.core.postgres import connect_error
 from app.core.retry import retry_call
+from app.core.serve import serve_metrics
 from app.core.startup import start_command
 from app.verify.compare import TableSnapshot, diff, read_clickhouse, read_ledger_dlq, read_ledger_positions
 from app.verify.dlq_topic import read_dlq_topic
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.service_timeout is None:
         args.service_timeout = math.inf
     with metrics_port(PROG, args.metrics_port, args.metrics_host):
-        serve_metrics(args.metrics_port, args.metrics_host)
+        serve_metrics(args.metrics_port, args.metrics_host, stage="verify")
     try:
         with gc_paused():  # see gc_paused: the whole run builds big acyclic dicts (truth, FINAL)
             return _run(args)

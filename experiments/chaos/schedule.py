@@ -47,6 +47,7 @@ class Fault:
     target: int = 0        # processor slot, broker number (0 = the DLQ partition's leader), ...
     duration_s: float = 0.0
     note: str = ""
+    attempt: int = 0       # times it was put off because its target was not there yet
 
 
 @dataclass(frozen=True, slots=True)

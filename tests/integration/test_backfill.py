@@ -12,9 +12,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -37,13 +36,6 @@ TRICKLE_EVENTS = 600
 TRICKLE_H = 1_763_618_400  # 2025-11-20T06:00:00Z
 TRICKLE = ("--seed", "12", "--events", str(TRICKLE_EVENTS), "--accounts", "400", "--rate", "100",
            "--start-time", "2025-11-20T06:00:00Z", "--late-fraction", "0.03", "--metrics-port", "0")
-
-
-@pytest.fixture
-def bf(pipeline: Pipeline) -> Iterator[Pipeline]:
-    yield pipeline
-    with pipeline.ledger() as conn:
-        conn.execute("DELETE FROM backfill_run WHERE pipeline_id = %s", (pipeline.pipeline_id,))
 
 
 def drained(p: Pipeline, events: int) -> bool:
@@ -128,8 +120,8 @@ def assert_no_duplicate_versions(rows: dict[str, list[tuple]]) -> None:  # type:
         assert len(keys) == len(set(keys)), f"{table}: two stored rows share window key and version"
 
 
-def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(bf: Pipeline) -> None:
-    p = bf
+def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(pipeline: Pipeline) -> None:
+    p = pipeline
     p.gen(*GEN)
     processor = p.start("app.processor", *LIVE)          # live: no --until-end
     sink = p.start("app.sink")
@@ -185,8 +177,8 @@ def test_backfill_repairs_a_corrupted_hour_while_live_processing_runs(bf: Pipeli
     stop(processor)
 
 
-def test_backfill_killed_midway_resumes_to_the_same_result(bf: Pipeline) -> None:
-    p = bf
+def test_backfill_killed_midway_resumes_to_the_same_result(pipeline: Pipeline) -> None:
+    p = pipeline
     p.gen(*GEN)
     p.processor(*LIVE)
     p.sink()
@@ -229,8 +221,8 @@ def test_backfill_killed_midway_resumes_to_the_same_result(bf: Pipeline) -> None
     assert_no_duplicate_versions(raw(p))
 
 
-def test_backfill_refuses_other_rules_and_a_log_cut_by_retention(bf: Pipeline) -> None:
-    p = bf
+def test_backfill_refuses_other_rules_and_a_log_cut_by_retention(pipeline: Pipeline) -> None:
+    p = pipeline
     p.gen("--seed", "3", "--events", "3000", "--accounts", "50", "--partitions", "2", "--event-time-rate", "2",
           "--late-fraction", "0.05")
     p.processor()

@@ -16,29 +16,23 @@ and resumed. The live key must survive in FINAL and verify must be exact.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import threading
 
 import pytest
 
 from app.gen.partition import partition_for_key
 from tests.conftest import Pipeline
-from tests.helpers import clickhouse_rows, produce
+from tests.helpers import assert_crashed_at, clickhouse_rows, produce, wait_for
 from tests.integration.test_backfill import (
     LIVE,
     assert_exact,
     assert_no_duplicate_versions,
     backfill,
-    bf,  # noqa: F401 (fixture: removes the pipeline's backfill runs)
     drained,
     holds_path,
-    ledger_value,
     raw,
     stop,
     summary,
-    wait_until,
 )
 
 PARTITIONS = 2
@@ -64,56 +58,15 @@ def event(i: int, account: int, country: str, time_ms: int, amount: int) -> tupl
     return str(account).encode(), json.dumps(value).encode()
 
 
-class LogWatch:
-    """Drains a process's stderr (so it never blocks on a full pipe) and signals the first
-    line holding `needle`."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], needle: str) -> None:
-        self.lines: list[str] = []
-        self.seen = threading.Event()
-        self._needle = needle
-        assert proc.stderr is not None
-        self._thread = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True)
-        self._thread.start()
-
-    def _drain(self, stream) -> None:  # type: ignore[no-untyped-def]
-        for raw_line in stream:
-            line = raw_line.decode(errors="replace")
-            self.lines.append(line)
-            if self._needle in line:
-                self.seen.set()
-
-    def wait(self, timeout: float = 90.0) -> None:
-        if not self.seen.wait(timeout):
-            raise AssertionError(f"timed out waiting for a log line with {self._needle!r}:\n"
-                                 + "".join(self.lines[-30:]))
-
-    def text(self) -> str:
-        self._thread.join(timeout=30)
-        return "".join(self.lines)
-
-
-def crash_points(log_text: str) -> list[str]:
-    """The crash points a process reported reaching (app/core/faults.py writes one JSON line)."""
-    out = []
-    for line in log_text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == "crash_point_reached":
-            out.append(str(entry["crash_point"]))
-    return out
-
-
 def key_rows(p: Pipeline, table: str, account: int, country: str) -> list[tuple]:  # type: ignore[type-arg]
     """The FINAL rows of one (account, country) in `table`."""
     return [r for r in clickhouse_rows(p.clickhouse_url, table, final=True) if r[1:3] == (account, country)]
 
 
 @pytest.mark.parametrize("crash_at", [None, "backfill.after_start"], ids=["straight", "killed-and-resumed"])
-def test_live_row_emitted_after_the_pin_survives_the_backfill(bf: Pipeline, crash_at: str | None) -> None:  # noqa: F811
-    p = bf
+def test_live_row_emitted_after_the_pin_survives_the_backfill(pipeline: Pipeline,
+                                                              crash_at: str | None) -> None:
+    p = pipeline
     busy = accounts_of(0, 8)
     (idle_account,) = accounts_of(1, 1)
     produce(p.bootstrap, p.topic, (event(i, busy[i % len(busy)], "DE" if i % 3 else "US", (H0 + i * STEP_S) * 1000,
@@ -121,49 +74,51 @@ def test_live_row_emitted_after_the_pin_survives_the_backfill(bf: Pipeline, cras
             partitions=PARTITIONS, partition=0)
     processor = p.start("app.processor", *LIVE)          # live: no --until-end
     sink = p.start("app.sink")
-    wait_until("the live pipeline to drain", lambda: drained(p, BUSY_EVENTS))
-    assert ledger_value(p, "SELECT count(*) FROM partition_state WHERE pipeline_id = %s "
-                           "AND partition = 1 AND watermark_ms IS NULL") == 1, "partition 1 is not idle at the pin"
+    wait_for(lambda: p.alive(processor, sink) and drained(p, BUSY_EVENTS), 180, "the live pipeline to drain")
+    idle = p.ledger_value("SELECT count(*) FROM partition_state WHERE pipeline_id = %s "
+                          "AND partition = 1 AND watermark_ms IS NULL")
+    assert idle == 1, "partition 1 is not idle at the pin"
     stop(sink)                                           # the backfill reads ClickHouse: the path must be free
 
-    # the backfill reads its pin, logs backfill_start, and is frozen there
+    # the backfill reads its pin, logs backfill_start, and is frozen there (killed there, if armed)
     proc = p.start("app.backfill", *HOUR, "--json", "--log-level", "info", crash_at=crash_at)
-    watch = LogWatch(proc, '"backfill_start"')
-    watch.wait()
-    os.kill(proc.pid, signal.SIGSTOP)
+    started = wait_for(lambda: p.logged(proc, "backfill_start"), 90, "the backfill's backfill_start line")
+    assert started[0]["version"] is not None, started
+    proc.send_signal(signal.SIGSTOP)  # a no-op once an armed backfill has died at its crash point
     assert proc.poll() is not None or not holds_path(proc, p), "the backfill opened ClickHouse before the pause"
-    assert ledger_value(p, "SELECT count(*) FROM sink_batch WHERE pipeline_id = %s AND source = 'backfill'") == 0
+    assert p.ledger_value("SELECT count(*) FROM sink_batch WHERE pipeline_id = %s "
+                          "AND source = 'backfill'") == 0
 
     # meanwhile the idle partition folds an event of the backfilled hour; the sink lands it
     sink = p.start("app.sink")
     produce(p.bootstrap, p.topic, [event(BUSY_EVENTS, idle_account, "FR", LIVE_EVENT_MS, LIVE_AMOUNT)],
             partitions=PARTITIONS, partition=1)
-    wait_until("the live row of the idle partition to reach ClickHouse", lambda: drained(p, BUSY_EVENTS + 1))
-    live_version = ledger_value(p, "SELECT max(checkpoint_id) FROM sink_batch WHERE pipeline_id = %s "
-                                   "AND source = 'live' AND 1 = ANY(partitions)")
+    wait_for(lambda: p.alive(processor, sink) and drained(p, BUSY_EVENTS + 1), 180,
+             "the live row of the idle partition to reach ClickHouse")
+    live_version = p.ledger_value("SELECT max(checkpoint_id) FROM sink_batch WHERE pipeline_id = %s "
+                                  "AND source = 'live' AND 1 = ANY(partitions)")
     assert live_version > 0
     stop(sink)
     live_hour = key_rows(p, "rollup_hour", idle_account, "FR")
     assert live_hour == [(H0, idle_account, "FR", 1, str(LIVE_AMOUNT), live_version)], live_hour
 
     # the backfill goes on from its pin
-    os.kill(proc.pid, signal.SIGCONT)
+    proc.send_signal(signal.SIGCONT)
     rc = proc.wait(timeout=300)
-    log_text = watch.text()
     if crash_at is None:
-        assert rc == 0, f"backfill exit {rc}\n{log_text[-3000:]}"
-        assert proc.stdout is not None
-        done = json.loads(proc.stdout.read().decode().strip().splitlines()[-1])
+        assert rc == 0, f"backfill exit {rc}\n{p.log(proc)[-3000:]}"
+        done = json.loads(p.output(proc).strip().splitlines()[-1])
     else:
-        assert rc == -signal.SIGKILL, f"backfill exit {rc}\n{log_text[-3000:]}"
-        assert crash_points(log_text) == [crash_at], log_text[-3000:]
+        assert_crashed_at(rc, p.log(proc), crash_at)
         done = summary(backfill(p, *HOUR, "--json"))
         assert done["resumed"] and done["run_no"] == 1
     assert key_rows(p, "rollup_hour", idle_account, "FR") == live_hour, "the backfill deleted the live row"
     assert done["windows"] > 0 and done["deleted_keys"] == 0, done
+    assert done["version"] == started[0]["version"]      # the resumed run kept the pin's version
 
     sink = p.start("app.sink")
-    wait_until("the sink to deliver the backfill", lambda: drained(p, BUSY_EVENTS + 1))
+    wait_for(lambda: p.alive(processor, sink) and drained(p, BUSY_EVENTS + 1), 180,
+             "the sink to deliver the backfill")
     assert processor.poll() is None                      # live processing ran throughout
     stop(sink)
 

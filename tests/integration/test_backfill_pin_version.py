@@ -10,9 +10,9 @@ a higher version and is neither deleted nor hidden.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -20,7 +20,9 @@ import pytest
 from app.ledger import backfill_runs as ledger_backfill
 from app.ledger.ledger import Ledger
 from app.ledger.rows import WindowRow, rows_to_table
+from app.ledger.scope import forget_pipeline
 from app.processor.windows import WindowKind
+from tests.helpers import wait_for
 
 PARTITIONS = 3
 RUNS = 25
@@ -38,19 +40,27 @@ def ledger(postgres: str) -> Iterator[Ledger]:
     yield led
     led.close()
     with psycopg.connect(postgres, autocommit=True) as conn:
-        for table in ("backfill_run", "sink_batch", "partition_state", "ledger_checkpoint"):
-            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed names)
+        forget_pipeline(conn, pid)
 
 
 class LiveCommitter(threading.Thread):
     """Commits checkpoints the way app/ledger/ledger.py does -- lock the partition row, take
-    the checkpoint id, (a pause while the id is taken and not yet committed), advance the
-    partition by one record -- round-robin over the partitions, until stopped."""
+    the checkpoint id, advance the partition by one record -- round-robin over the
+    partitions, until stopped.
+
+    On request (`hold_next`) it holds its next checkpoint open between taking the id and
+    committing, until a backfill run is waiting for the lock on `ledger_checkpoint` (or has
+    returned, which a correct pin never does first): the race the pin must win, forced on
+    every run instead of left to timing."""
 
     def __init__(self, url: str, pipeline_id: str, topic: str) -> None:
         super().__init__(daemon=True)
         self.url, self.pipeline_id, self.topic = url, pipeline_id, topic
         self.stopping = threading.Event()
+        self.hold_next = threading.Event()   # the test asks: hold the next checkpoint open
+        self.holding = threading.Event()     # an id is handed out and not committed
+        self.run_returned = threading.Event()
+        self.held_ids: list[int] = []
         self.committed = 0
         self.error: BaseException | None = None
 
@@ -66,13 +76,33 @@ class LiveCommitter(threading.Thread):
                             "INSERT INTO ledger_checkpoint (pipeline_id, source, topic, partitions, records) "
                             "VALUES (%s, 'live', %s, %s, 1) RETURNING checkpoint_id",
                             (self.pipeline_id, self.topic, [p])).fetchone()  # type: ignore[misc]
-                        time.sleep(0.002)  # widen the race: an id handed out, not committed yet
+                        if self.hold_next.is_set():
+                            self.hold_next.clear()
+                            self.held_ids.append(int(cid))
+                            self.holding.set()
+                            wait_for(lambda: self.run_returned.is_set() or run_waits_for_lock(conn), 30,
+                                     "the backfill run to wait for the lock on ledger_checkpoint")
                         conn.execute("UPDATE partition_state SET next_offset = next_offset + 1, "
                                      "last_checkpoint_id = %s WHERE pipeline_id = %s AND topic = %s "
                                      "AND partition = %s", (cid, self.pipeline_id, self.topic, p))
                     self.committed += 1
         except BaseException as e:  # reported by the test thread
             self.error = e
+
+    def committed_at_least(self, n: int) -> bool:
+        """For wait_for: whether `n` checkpoints committed; fails at once if the thread died."""
+        assert self.error is None, f"the live committer failed: {self.error!r}"
+        return self.committed >= n
+
+
+def run_waits_for_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Another session of this database waits for a lock on ledger_checkpoint (the backfill's
+    LOCK TABLE ... SHARE ROW EXCLUSIVE, which our uncommitted INSERT holds off)."""
+    (n,) = conn.execute(
+        """SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'ledger_checkpoint'::regclass
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND pid <> pg_backend_pid()""").fetchone()  # type: ignore[misc]
+    return int(n) > 0
 
 
 def live_positions_below(url: str, pipeline_id: str, version: int) -> dict[int, int]:
@@ -87,23 +117,34 @@ def test_the_pin_covers_exactly_the_versions_below_the_runs(ledger: Ledger, post
     live = LiveCommitter(postgres, ledger.pipeline_id, ledger.topic)
     live.start()
     try:
-        deadline = time.monotonic() + 30
-        while live.committed < 20:  # the live side is committing before the first run
-            assert live.error is None, live.error
-            assert time.monotonic() < deadline, "timed out waiting for live checkpoints"
-            time.sleep(0.01)
+        # the live side is committing before the first run
+        wait_for(lambda: live.committed_at_least(20), 30, "20 live checkpoints")
         runs = []
         for i in range(RUNS):
-            runs.append(ledger_backfill.start_run(ledger, f"test-request-{i}"))
-            time.sleep(0.003)  # let live checkpoints in between runs
+            # live checkpoints in between runs, then one taken and not committed as the run starts
+            after = live.committed
+            wait_for(lambda after=after: live.committed_at_least(after + 2), 30,
+                     "2 more live checkpoints between runs")
+            live.run_returned.clear()
+            live.hold_next.set()
+            wait_for(lambda: live.committed_at_least(0) and live.holding.is_set(), 30,
+                     "a live checkpoint id handed out and not committed yet")
+            live.holding.clear()
+            try:
+                runs.append(ledger_backfill.start_run(ledger, f"test-request-{i}"))
+            finally:
+                live.run_returned.set()
     finally:
         live.stopping.set()
         live.join(timeout=30)
     assert live.error is None, live.error
     assert live.committed > RUNS, "the live committer did not run alongside the runs"
+    assert len(live.held_ids) == RUNS
 
-    for run in runs:
+    for run, held in zip(runs, live.held_ids, strict=True):
         assert run.pin.covers_below == run.checkpoint_id
+        # the live checkpoint open when the run started has the lower version: the pin must hold it
+        assert held < run.checkpoint_id, (run.request, held, run.checkpoint_id)
         pinned = {p.partition: p.next_offset for p in run.pin.partitions}
         below = live_positions_below(postgres, ledger.pipeline_id, run.checkpoint_id)
         assert pinned == {p: below.get(p, 0) for p in range(PARTITIONS)}, (

@@ -1,6 +1,6 @@
 """ClickHouse over https:// (issue 14, item 5): the sink reaches a real ClickHouse server
 through TLS, verifying the server's certificate against the CA named in the URL
-(`?ca_cert=`), and authenticates. The server is Debian's (tests/sink_support.py) behind a
+(`?ca_cert=`), and authenticates. The server is Debian's (tests/clickhouse_server.py) behind a
 TLS terminator of this test's own, with a certificate made here; it is too old for the
 client, so the sink stops at its first query with the server's own error code (exit 1) —
 an answer that only comes back through the TLS session — and a wrong password is exit 2."""
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.clickhouse_server import SERVER_PASSWORD, SERVER_USER, ClickHouseServer
+from tests.clickhouse_server import clickhouse_server as running_clickhouse_server
 from tests.conftest import Pipeline
-from tests.sink_support import SERVER_PASSWORD, SERVER_USER, ClickHouseServer
-from tests.sink_support import clickhouse_server as running_clickhouse_server
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ the DLQ topic, is exact)."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +26,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.core.kafka import ensure_topic, producer_config
-from tests.conftest import Pipeline
-from tests.helpers import read_topic
-from tests.kafka_cluster import KafkaCluster, cluster_pipeline, kafka_cluster
-from tests.process_log import StderrTail
+from tests.conftest import Pipeline, isolated_pipeline
+from tests.helpers import log_events, read_topic, wait_for
+from tests.kafka_cluster import KafkaCluster, kafka_cluster
 
 T0 = 1_763_596_800_000
 DLQ_NODE = 3
@@ -45,7 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
 
 @pytest.fixture
 def pipeline_c(cluster: KafkaCluster, postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
-    with cluster_pipeline(cluster, postgres, tmp_path) as p:
+    with isolated_pipeline(cluster.bootstrap, postgres, tmp_path) as p:
         yield p
 
 
@@ -99,22 +97,26 @@ def test_no_checkpoint_while_its_dlq_records_are_unacknowledged(cluster: KafkaCl
 
     proc = p.start("app.processor", "--until-end", "--batch-max-wait", "0.1s", "--dlq-delivery-timeout", "2s",
                    "--log-level", "info")
-    tail = StderrTail(proc)
-    try:
+
+    def three_failed_flushes_and_no_checkpoint() -> bool:
         # Three failed flushes take at least three delivery timeouts; all along, the ledger
         # must not commit a checkpoint (each one would count DLQ records not in Kafka).
-        deadline = time.monotonic() + 120
-        while len([r for r in tail.events("service_retry") if r.get("what") == "kafka_dlq_flush"]) < 3:
-            assert proc.poll() is None, f"processor exited {proc.returncode} with the DLQ down:\n{tail.text()[-4000:]}"
-            checkpoints, _ = _ledger(p)
-            assert checkpoints == 0, "a checkpoint committed while its DLQ records were unacknowledged:\n" + \
-                "\n".join(line for line in tail.lines if "dlq" in line or "checkpoint" in line)[-4000:]
-            assert time.monotonic() < deadline, "timed out waiting for 3 failed DLQ flushes:\n" + tail.text()[-4000:]
-            time.sleep(0.1)
+        p.alive(proc)
+        checkpoints, _ = _ledger(p)
+        relevant = [line for line in p.log(proc).splitlines() if "dlq" in line or "checkpoint" in line]
+        assert checkpoints == 0, ("a checkpoint committed while its DLQ records were unacknowledged:\n"
+                                  + "\n".join(relevant)[-4000:])
+        failed = [r for r in log_events(p.log(proc), "service_retry") if r.get("what") == "kafka_dlq_flush"]
+        return len(failed) >= 3
+
+    try:
+        wait_for(three_failed_flushes_and_no_checkpoint, 120,
+                 "3 failed DLQ flushes with no checkpoint committed", interval=0.1,
+                 detail=lambda: p.log(proc)[-4000:])
     finally:
         cluster.node_start(DLQ_NODE)
-    assert tail.wait_exit(180) == 0, tail.text()[-4000:]
-    assert tail.events("dlq_resent"), "the failed DLQ records were never sent again"
+    assert proc.wait(timeout=180) == 0, p.log(proc)[-4000:]
+    assert log_events(p.log(proc), "dlq_resent"), "the failed DLQ records were never sent again"
     checkpoints, counts = _ledger(p)
     assert checkpoints >= 1 and counts == dict(expected)
 

@@ -15,7 +15,6 @@ or discarding records; passed since the commit that adds app/processor/log_guard
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -24,8 +23,7 @@ from confluent_kafka.admin import NewPartitions
 
 from app.core.kafka import admin, topic_identity
 from tests.conftest import Pipeline
-from tests.drain import Lines
-from tests.helpers import produce, read_topic
+from tests.helpers import produce, read_topic, wait_for
 
 T0 = 1_763_596_800_000  # 2025-11-20T00:00:00Z
 
@@ -120,10 +118,8 @@ def test_a_topic_deleted_and_created_again_is_refused(pipeline: Pipeline, record
     old = topic_identity(client, p.topic)
     for f in client.delete_topics([p.topic]).values():
         f.result(timeout=30)
-    deadline = time.monotonic() + 60
-    while topic_identity(client, p.topic) is not None:
-        assert time.monotonic() < deadline, "the deleted topic never disappeared"
-        time.sleep(0.3)
+    wait_for(lambda: topic_identity(client, p.topic) is None, 60, "the deleted topic to disappear",
+             interval=0.3)
     produce(p.bootstrap, p.topic, events(100, records_after), partitions=1)
     new = topic_identity(client, p.topic)
     assert old is not None and new is not None and new.topic_id != old.topic_id and new.topic_id
@@ -161,27 +157,23 @@ def test_records_deleted_ahead_of_a_running_processor_stop_it(pipeline: Pipeline
     p = pipeline
     produce(p.bootstrap, p.topic, events(0, 10), partitions=1)
     proc = p.start("app.processor", "--max-pending-rows", "1", "--batch-max-wait", "0.2s")
-    lines = Lines(proc)
-    lines.wait_for(lambda s: '"backpressure_paused"' in s, "the processor pausing for backpressure", 60)
+    wait_for(lambda: p.logged(proc, "backpressure_paused"), 60,
+             "the processor pausing for backpressure")
     assert offsets(p) == {0: 10}
     produce(p.bootstrap, p.topic, events(10, 10), partitions=1)
     delete_records(p, 0, 15)
     assert offsets(p) == {0: 10}, "the paused processor read on"
 
     sink = p.start("app.sink")
-    sink_lines = Lines(sink)
     try:
-        code = None
-        deadline = time.monotonic() + 60
-        while code is None:
-            assert time.monotonic() < deadline, "the processor did not stop:\n" + lines.tail()
-            code = proc.poll()
-            time.sleep(0.2)
+        wait_for(lambda: p.alive(sink) and proc.poll() is not None, 60,
+                 "the processor to stop at the deleted records", interval=0.2,
+                 detail=lambda: p.log(proc)[-3000:])
     finally:
         sink.terminate()
-        sink_lines.finish()
-    assert lines.finish() == 2, lines.tail()
-    err = [s for s in lines.snapshot() if s.startswith("processor: error:")]
+        sink.wait(timeout=60)
+    assert proc.returncode == 2, p.log(proc)[-3000:]
+    err = [s for s in p.log(proc).splitlines() if s.startswith("processor: error:")]
     assert len(err) == 1 and f"{p.topic}[0] now starts at offset 15" in err[0] \
-        and "records [10, 15) were deleted" in err[0], lines.tail()
+        and "records [10, 15) were deleted" in err[0], p.log(proc)[-3000:]
     assert offsets(p) == {0: 10}, "records past the deleted ones were committed"

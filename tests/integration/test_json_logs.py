@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.clickhouse_server import SERVER_PASSWORD, SERVER_USER, ClickHouseServer
+from tests.clickhouse_server import clickhouse_server as running_clickhouse_server
 from tests.conftest import REPO, Pipeline
-from tests.sink_support import SERVER_PASSWORD, SERVER_USER, ClickHouseServer
-from tests.sink_support import clickhouse_server as running_clickhouse_server
 
 GEN = ("--seed", "5", "--events", "400", "--accounts", "100", "--partitions", "2", "--late-fraction", "0.05",
        "--invalid-fraction", "0.02", "--event-time-rate", "100")

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import REPO, Pipeline
+from tests.conftest import REPO, Pipeline, isolated_pipeline
 from tests.helpers import log_events, wait_for
-from tests.kafka_cluster import KafkaCluster, cluster_pipeline, kafka_cluster
+from tests.kafka_cluster import KafkaCluster, kafka_cluster
 
 GEN = ("--seed", "3", "--accounts", "200", "--partitions", "2", "--event-time-rate", "100")
 
@@ -153,7 +153,7 @@ def cluster1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]
 
 @pytest.fixture
 def pipeline1(cluster1: KafkaCluster, postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
-    with cluster_pipeline(cluster1, postgres, tmp_path) as p:
+    with isolated_pipeline(cluster1.bootstrap, postgres, tmp_path) as p:
         yield p
 
 

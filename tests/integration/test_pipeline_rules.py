@@ -14,8 +14,8 @@ commit that pins the rules (see the branch history, "Pin the rules ...").
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -26,9 +26,9 @@ from app.core.errors import PipelineMismatch
 from app.core.kafka import TopicIdentity
 from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance
 from app.ledger.pipeline_rules import PipelinePin
+from app.ledger.scope import forget_pipeline
 from tests.conftest import Pipeline
-from tests.drain import Lines
-from tests.helpers import clickhouse_rows, produce, read_topic
+from tests.helpers import clickhouse_rows, log_events, produce, read_topic, wait_for
 
 T0 = 1_763_596_800_000  # 2025-11-20T00:00:00Z, an hour boundary
 MINUTE = 60_000
@@ -157,54 +157,50 @@ def test_two_instances_started_at_once_with_other_rules_only_one_commits(pipelin
                            "--state-dir", str(p.tmp / "a")),
              "7s": p.start("app.processor", *common, "--max-out-of-orderness", "7s",
                            "--state-dir", str(p.tmp / "b"))}
-    lines = {k: Lines(proc) for k, proc in procs.items()}
-    for k, ln in lines.items():
-        ln.wait_for(lambda s: '"pipeline_rules_checked"' in s and '"at": "start"' in s
-                    and '"pinned": false' in s, f"the {k} instance's start check with nothing pinned", 60)
-    deadline = time.monotonic() + 60
-    with p.ledger() as conn:
-        while True:  # both own partitions before there is anything to commit
+    def checked_unpinned(proc: subprocess.Popen[bytes]) -> bool:
+        return p.alive(proc) and any(e["at"] == "start" and not e["pinned"]
+                                     for e in log_events(p.log(proc), "pipeline_rules_checked"))
+
+    for k, proc in procs.items():
+        wait_for(lambda proc=proc: checked_unpinned(proc), 60,
+                 f"the {k} instance's start check with nothing pinned")
+
+    def partitions_shared() -> bool:  # both own partitions before there is anything to commit
+        with p.ledger() as conn:
             owners, parts = conn.execute(
                 "SELECT count(DISTINCT owner), count(*) FROM partition_state WHERE pipeline_id = %s",
                 (p.pipeline_id,)).fetchone()  # type: ignore[misc]
-            if owners == 2 and parts == 4:
-                break
-            assert time.monotonic() < deadline, \
-                f"two instances never shared the 4 partitions ({owners} owners, {parts} partitions)"
-            time.sleep(0.2)
+        return p.alive(*procs.values()) and owners == 2 and parts == 4
+
+    wait_for(partitions_shared, 60, "the two instances to share the 4 partitions", interval=0.2)
     assert pinned_rules(p) is None
 
     events = [ev(i, account=i % 40, t=T0 + i * 100) for i in range(400)]
     produce(p.bootstrap, p.topic, events, partitions=4)
     assert sorted(read_partitions(p)) == [0, 1, 2, 3], "a partition got no records: " \
         "an instance would have nothing to commit"
-    deadline = time.monotonic() + 90
-    while all(proc.poll() is None for proc in procs.values()):
-        assert time.monotonic() < deadline, "neither instance was refused:\n" + "\n".join(
-            ln.tail() for ln in lines.values())
-        time.sleep(0.2)
+    wait_for(lambda: any(proc.poll() is not None for proc in procs.values()), 90,
+             "one instance to be refused", interval=0.2,
+             detail=lambda: "\n".join(p.log(proc)[-2000:] for proc in procs.values()))
     loser = next(k for k, proc in procs.items() if proc.poll() is not None)
     winner = "7s" if loser == "5s" else "5s"
-    assert lines[loser].finish() == 2, lines[loser].tail()
-    err = [s for s in lines[loser].snapshot() if s.startswith("processor: error:")]
+    loser_log = p.log(procs[loser])
+    assert procs[loser].returncode == 2, loser_log[-3000:]
+    err = [s for s in loser_log.splitlines() if s.startswith("processor: error:")]
     assert len(err) == 1 and f"--max-out-of-orderness {winner} (this process: {loser})" in err[0], err
-    assert not [s for s in lines[loser].snapshot() if '"checkpoint_committed"' in s], \
-        "the refused instance committed a checkpoint"
-    assert procs[winner].poll() is None, lines[winner].tail()
+    assert not log_events(loser_log, "checkpoint_committed"), "the refused instance committed a checkpoint"
+    assert procs[winner].poll() is None, p.log(procs[winner])[-3000:]
     assert pinned_rules(p)[0] == int(winner[:-1]) * 1000  # type: ignore[index]
 
     # the survivor takes over every partition and reads everything with its rules
-    deadline = time.monotonic() + 90
+    wait_for(lambda: p.alive(procs[winner]) and p.committed_offsets() >= len(events), 90,
+             "the survivor to commit every record", interval=0.2)
     with p.ledger() as conn:
-        while conn.execute("SELECT coalesce(sum(next_offset), 0) FROM partition_state WHERE pipeline_id = %s",
-                           (p.pipeline_id,)).fetchone()[0] < len(events):  # type: ignore[index]
-            assert procs[winner].poll() is None and time.monotonic() < deadline, lines[winner].tail()
-            time.sleep(0.2)
         gaps = conn.execute("SELECT DISTINCT max_event_time_ms - watermark_ms FROM partition_state "
                             "WHERE pipeline_id = %s", (p.pipeline_id,)).fetchall()
     assert gaps == [(int(winner[:-1]) * 1000,)], gaps  # every watermark in the ledger is the winner's
     procs[winner].terminate()
-    assert lines[winner].finish() == 0, lines[winner].tail()
+    assert procs[winner].wait(timeout=60) == 0, p.log(procs[winner])[-3000:]
     p.processor("--max-out-of-orderness", winner)  # marks the run finished for sink --until-idle
     p.sink()
     assert_exact(p, "--max-out-of-orderness", winner)
@@ -243,17 +239,17 @@ def test_two_first_commits_with_other_rules_race_and_exactly_one_lands(postgres:
             threads = [threading.Thread(target=commit, args=(i,)) for i in (0, 1)]
             for t in threads:
                 t.start()
-            deadline = time.monotonic() + 30
             with psycopg.connect(postgres, autocommit=True) as watch:
-                while watch.execute(
+                def both_wait() -> bool:
+                    assert not outcome, f"a commit ended before both waited for the pin: {outcome}"
+                    (waiting,) = watch.execute(  # type: ignore[misc]
                         """SELECT count(*) FROM pg_locks WHERE NOT granted
                              AND relation = 'pipeline_rules'::regclass
                              AND database = (SELECT oid FROM pg_database
-                                             WHERE datname = current_database())"""
-                ).fetchone()[0] < 2:  # type: ignore[index]
-                    assert time.monotonic() < deadline and not outcome, \
-                        f"both commits never waited: {outcome}"
-                    time.sleep(0.05)
+                                             WHERE datname = current_database())""").fetchone()
+                    return int(waiting) >= 2
+
+                wait_for(both_wait, 30, "both commits to wait for the lock on pipeline_rules")
             gate.commit()
         for t in threads:
             t.join(timeout=30)
@@ -279,5 +275,4 @@ def test_two_first_commits_with_other_rules_race_and_exactly_one_lands(postgres:
         for ledger in ledgers:
             ledger.close()
         with psycopg.connect(postgres, autocommit=True) as conn:
-            for table in ("partition_state", "ledger_checkpoint", "pipeline_rules"):
-                conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))  # noqa: S608 (fixed)
+            forget_pipeline(conn, pid)

@@ -13,18 +13,17 @@ After each stop the service comes back and a fresh run ends exact (verify)."""
 
 from __future__ import annotations
 
-import signal
-import time
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, isolated_pipeline
 from tests.faultproxy import FaultProxy
-from tests.kafka_cluster import KafkaCluster, cluster_pipeline, kafka_cluster
-from tests.process_log import StderrTail
+from tests.helpers import log_events, observe_for, sigterm_and_time, wait_for
+from tests.kafka_cluster import KafkaCluster, kafka_cluster
 
 STOP_BUDGET_S = 10.0
 GEN = ("--seed", "8", "--accounts", "500", "--partitions", "2", "--late-fraction", "0.02",
@@ -39,17 +38,11 @@ def _checkpoints(p: Pipeline) -> int:
     return int(n)
 
 
-def _stop(tail: StderrTail) -> float:
-    started = time.monotonic()
-    tail.proc.send_signal(signal.SIGTERM)
-    try:
-        rc = tail.wait_exit(STOP_BUDGET_S + 20)
-    except Exception:
-        tail.proc.kill()
-        raise
-    elapsed = time.monotonic() - started
-    assert elapsed < STOP_BUDGET_S, f"SIGTERM took {elapsed:.1f}s:\n{tail.text()[-4000:]}"
-    assert rc == 0, f"exit {rc} after SIGTERM:\n{tail.text()[-4000:]}"
+def _stop(p: Pipeline, proc: subprocess.Popen[bytes]) -> float:
+    """SIGTERM, and the measured time until the processor exited: within the budget, exit 0."""
+    elapsed = sigterm_and_time(proc, STOP_BUDGET_S + 20)
+    assert elapsed < STOP_BUDGET_S, f"SIGTERM took {elapsed:.1f}s:\n{p.log(proc)[-4000:]}"
+    assert proc.returncode == 0, f"exit {proc.returncode} after SIGTERM:\n{p.log(proc)[-4000:]}"
     return elapsed
 
 
@@ -67,21 +60,24 @@ def test_sigterm_while_postgres_is_down(pipeline: Pipeline, fault: str) -> None:
     with FaultProxy("127.0.0.1", 5432) as proxy:
         proxied = p.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         proc = p.start("app.processor", *RUN, "--database-url", proxied)
-        tail = StderrTail(proc)
-        tail.wait_for("checkpoint_committed", 60)
+        wait_for(lambda: p.logged(proc, "checkpoint_committed"), 60,
+                 "the processor's first checkpoint")
         before = _checkpoints(p)
         getattr(proxy, fault)()
         p.gen(*GEN, "--events", "3000")  # more input: the processor has something to commit
         if fault == "refuse":  # the processor noticed: it retries a Postgres call
-            tail.wait_for("service_retry", 30, where=lambda e: str(e.get("what", "")).startswith("postgres"))
-        # whatever the processor is doing now, it cannot commit
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            assert _checkpoints(p) == before, "a checkpoint committed through a dead proxy"
-            time.sleep(0.1)
-        elapsed = _stop(tail)
+            wait_for(lambda: p.alive(proc) and [e for e in log_events(p.log(proc), "service_retry")
+                                                if str(e.get("what", "")).startswith("postgres")], 30,
+                     "the processor to retry a Postgres call")
+        else:  # a black hole answers nothing: the processor's next ledger call hangs in it
+            wait_for(lambda: p.alive(proc) and proxy.held_bytes() > 0, 30,
+                     "the processor's next Postgres call to hang in the black hole")
+        # whatever the processor is doing now, it cannot commit: sampled for 2 s
+        for _ in observe_for(2.0, interval=0.1):
+            assert p.alive(proc) and _checkpoints(p) == before, "a checkpoint committed through a dead proxy"
+        elapsed = _stop(p, proc)
         assert _checkpoints(p) == before
-        assert tail.events("processor_stopped"), tail.text()[-3000:]
+        assert log_events(p.log(proc), "processor_stopped"), p.log(proc)[-3000:]
     print(f"postgres {fault}: stopped in {elapsed:.1f}s")
     _finish_and_verify(p)
 
@@ -94,7 +90,7 @@ def cluster1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]
 
 @pytest.fixture
 def pipeline1(cluster1: KafkaCluster, postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
-    with cluster_pipeline(cluster1, postgres, tmp_path) as p:
+    with isolated_pipeline(cluster1.bootstrap, postgres, tmp_path) as p:
         yield p
 
 
@@ -102,13 +98,14 @@ def test_sigterm_while_kafka_is_down(cluster1: KafkaCluster, pipeline1: Pipeline
     p = pipeline1
     p.gen(*GEN, "--events", "3000")
     proc = p.start("app.processor", *RUN)
-    tail = StderrTail(proc)
-    tail.wait_for("checkpoint_committed", 60)
+    wait_for(lambda: p.logged(proc, "checkpoint_committed"), 60,
+             "the processor's first checkpoint")
     cluster1.node_kill(1)
     try:
-        tail.wait_for("kafka_unavailable_retrying", 30)
-        elapsed = _stop(tail)
-        assert tail.events("processor_stopped"), tail.text()[-3000:]
+        wait_for(lambda: p.logged(proc, "kafka_unavailable_retrying"), 30,
+                 "the processor to log that Kafka is unavailable")
+        elapsed = _stop(p, proc)
+        assert log_events(p.log(proc), "processor_stopped"), p.log(proc)[-3000:]
     finally:
         cluster1.node_start(1)
     print(f"kafka down: stopped in {elapsed:.1f}s")

@@ -1,7 +1,8 @@
 """Exactly-once across rebalances and broker loss, on a 3-broker KRaft cluster of its own.
 
-The module starts a second cluster (infra/kafka.sh with KAFKA_PORT_BASE / KAFKA_DATA_DIR,
-replication factor 3, min ISR 2) beside the shared single broker and stops it afterwards.
+The module starts a second cluster (tests/kafka_cluster.py: infra/kafka.sh with its own
+ports and data directory, replication factor 3, min ISR 2) beside the shared single
+broker and stops it afterwards.
 During one run: two processor instances and the sink; one processor is SIGKILLed inside
 a checkpoint's transaction; a third instance joins; a broker is killed and restarted,
 with records produced and committed while it is down and after it is back.
@@ -9,68 +10,31 @@ verify must be exact at the end."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from tests.conftest import LEDGER_TABLES, REPO, Pipeline
+from tests.conftest import Pipeline, isolated_pipeline
 from tests.helpers import assert_crashed_at, log_events, topic_end, wait_for
+from tests.kafka_cluster import KafkaCluster, kafka_cluster
 
 SMALL = ("--batch-max-wait", "0.1s", "--poll-records", "2000", "--snapshot-interval", "1s",
          "--session-timeout", "6s", "--log-level", "info")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 @pytest.fixture(scope="module")
-def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    base = next((b for b in range(19092, 19992, 100) if all(_port_free(b + i) for i in range(6))), None)
-    if base is None:
-        pytest.fail("no free port range for a second Kafka cluster")
-    env = {**os.environ, "BROKERS": "3", "KAFKA_PORT_BASE": str(base), "KAFKA_HEAP": "256m",
-           "KAFKA_DATA_DIR": str(tmp_path_factory.mktemp("kafka3"))}
-    up = subprocess.run([str(REPO / "infra/kafka.sh"), "up"], env=env, capture_output=True, text=True,
-                        timeout=180, check=False)
-    if up.returncode != 0:
-        subprocess.run([str(REPO / "infra/kafka.sh"), "down"], env=env, capture_output=True, timeout=60, check=False)
-        if os.environ.get("CI"):
-            pytest.fail(f"3-broker cluster did not start: {up.stderr[-2000:]}")
-        pytest.skip(f"3-broker cluster did not start: {up.stderr[-500:]}")
-    env["bootstrap"] = ",".join(f"127.0.0.1:{base + 2 * i}" for i in range(3))
-    yield env
-    subprocess.run([str(REPO / "infra/kafka.sh"), "down"], env=env, capture_output=True, timeout=120,
-                   check=False)
+def cluster3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    with kafka_cluster(tmp_path_factory, brokers=3) as c:
+        yield c
 
 
 @pytest.fixture
-def pipeline3(cluster3: dict[str, str], postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
-    pid = f"t-{uuid.uuid4().hex[:10]}"
-    p = Pipeline(pipeline_id=pid, topic=f"{pid}.events", dlq_topic=f"{pid}.dlq",
-                 clickhouse_url=f"chdb://{tmp_path / 'clickhouse'}", tmp=tmp_path, bootstrap=cluster3["bootstrap"],
-                 database_url=postgres)
-    yield p
-    for proc in p.procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    with psycopg.connect(postgres, autocommit=True) as conn:
-        for table in (*LEDGER_TABLES, "window_snapshot_chunk"):
-            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))
-
-
-def _kafka(cluster: dict[str, str], *args: str) -> None:
-    subprocess.run([str(REPO / "infra/kafka.sh"), *args], env=cluster, check=True, capture_output=True,
-                   timeout=120)
+def pipeline3(cluster3: KafkaCluster, postgres: str, tmp_path: Path) -> Iterator[Pipeline]:
+    with isolated_pipeline(cluster3.bootstrap, postgres, tmp_path) as p:
+        yield p
 
 
 def _assert_replicated(p: Pipeline, bootstrap: str) -> None:
@@ -86,14 +50,14 @@ def _assert_replicated(p: Pipeline, bootstrap: str) -> None:
 RATE = 5_000  # events/s while the run lasts
 
 
-def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: dict[str, str],
+def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: KafkaCluster,
                                                                   pipeline3: Pipeline) -> None:
     """Input keeps arriving (an open-model generator) until the test stops it, so every
     fault below lands mid-run whatever the machine's speed; each step waits for the state
     it needs (a crash logged, a checkpoint by the new instance, records produced during
     the outage committed), never for a fixed time."""
     p = pipeline3
-    bootstrap = cluster3["bootstrap"]
+    bootstrap = cluster3.bootstrap
     gen = p.start("app.gen", "--seed", "11", "--events", "100000000", "--rate", str(RATE),
                   "--accounts", "20000", "--partitions", "6", "--late-fraction", "0.02", "--invalid-fraction", "0.01",
                   "--event-time-rate", "1000", "--metrics-port", "0", "--log-level", "info")
@@ -126,11 +90,11 @@ def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: dict[
     wait_for(lambda: alive() and log_events(p.log(c), "checkpoint_committed"), 180,
              "the third instance's first checkpoint")
 
-    _kafka(cluster3, "node-kill", "2")
+    cluster3.node_kill(2)
     before = produced()
     wait_for(lambda: committed_at_least(before + RATE), 180,
              "records produced while broker 2 is down to be committed")
-    _kafka(cluster3, "node-start", "2")
+    cluster3.node_start(2)
     before = produced()
     wait_for(lambda: committed_at_least(before + RATE), 180,
              "records produced after broker 2 came back to be committed")

@@ -7,19 +7,21 @@ hands its partitions to another instance, then lets it run again (SIGCONT)."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFenced
 from app.ledger.rows import WindowRow, rows_to_table
-from tests.conftest import LEDGER_TABLES, Pipeline
-from tests.helpers import log_events, wait_for
-
-TABLES = (*LEDGER_TABLES, "window_snapshot_chunk")
+from app.ledger.scope import forget_pipeline, pipeline_tables
+from tests.conftest import Pipeline
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -27,14 +29,15 @@ def scope(postgres: str) -> Iterator[tuple[str, str]]:
     pid = f"t-{uuid.uuid4().hex[:10]}"
     yield postgres, pid
     with psycopg.connect(postgres, autocommit=True) as conn:
-        for table in TABLES:
-            conn.execute(f"DELETE FROM {table} WHERE pipeline_id = %s", (pid,))
+        forget_pipeline(conn, pid)
 
 
 def _ledger_rows(url: str, pid: str) -> dict[str, list[Any]]:
+    """Every ledger row of the pipeline id, per table."""
     with psycopg.connect(url) as conn:
-        return {t: sorted(map(repr, conn.execute(f"SELECT * FROM {t} WHERE pipeline_id = %s",
-                                                 (pid,)).fetchall())) for t in TABLES}
+        return {t: sorted(map(repr, conn.execute(sql.SQL("SELECT * FROM {} WHERE pipeline_id = %s")
+                                                 .format(sql.Identifier(t)), (pid,)).fetchall()))
+                for t in pipeline_tables(conn)}
 
 
 def _cp(advances: list[PartitionAdvance]) -> Checkpoint:
@@ -98,6 +101,51 @@ SMALL = ("--batch-max-wait", "0.05s", "--poll-records", "1000", "--snapshot-inte
          "--session-timeout", "6s", "--log-level", "info")
 
 
+def _stopped(pid: int) -> bool:
+    """The process is stopped (SIGSTOP delivered), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+def _tcp_ports(pid: int) -> list[int]:
+    """The local ports of the TCP sockets process `pid` has open (its fds' inodes in /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = fd.readlink().name
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _in_ledger_transaction(p: Pipeline, pid: int) -> bool:
+    """Whether one of process `pid`'s Postgres sessions is inside a transaction (it may hold
+    row locks on partition_state: frozen there, it would block every other owner's claim)."""
+    with p.ledger() as conn:
+        (n,) = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) "
+                            "AND xact_start IS NOT NULL", (_tcp_ports(pid),)).fetchone()  # type: ignore[misc]
+    return int(n) > 0
+
+
+def _freeze_outside_a_transaction(p: Pipeline, proc: subprocess.Popen[bytes]) -> bool:
+    """SIGSTOP `proc`; if it stopped inside a ledger transaction, let it go on (SIGCONT) and
+    report False, for wait_for to try again."""
+    proc.send_signal(signal.SIGSTOP)
+    wait_for(lambda: p.alive(proc) and _stopped(proc.pid), 10, "the SIGSTOP to take effect")
+    if not _in_ledger_transaction(p, proc.pid):
+        return True
+    proc.send_signal(signal.SIGCONT)
+    return False
+
+
 def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipeline: Pipeline) -> None:
     events = 150_000
     pipeline.gen("--seed", "5", "--events", str(events), "--accounts", "5000", "--partitions", "4",
@@ -113,13 +161,15 @@ def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipel
 
     wait_for(lambda: pipeline.alive(zombie) and pipeline.committed_offsets() > 0, 120,
              "the first instance's first checkpoint")
-    zombie.send_signal(signal.SIGSTOP)  # frozen right after its first checkpoint: work is left
     try:
+        # frozen right after its first checkpoint (work is left), between two ledger transactions
+        wait_for(lambda: _freeze_outside_a_transaction(pipeline, zombie), 60,
+                 "the first instance frozen outside a ledger transaction")
         assert pipeline.committed_offsets() < events
         assert len(owners()) == 1, "the first instance does not own every partition"
         # the group evicts the frozen member after its session timeout; the other takes all
         other = pipeline.start("app.processor", "--until-end", *SMALL, "--state-dir", str(pipeline.tmp / "o"))
-        started = wait_for(lambda: log_events(pipeline.log(other), "processor_started"), 60,
+        started = wait_for(lambda: pipeline.logged(other, "processor_started"), 60,
                            "the other instance's processor_started line")
         other_owner = started[0]["instance"]  # the owner it writes to the ledger when it claims
         wait_for(lambda: pipeline.alive(other) and owners() == {other_owner}, 120,
@@ -135,7 +185,6 @@ def test_a_frozen_instance_loses_its_partitions_and_the_result_stays_exact(pipel
     with pipeline.ledger() as conn:
         generations = [r[0] for r in conn.execute(
             "SELECT owner_generation FROM partition_state WHERE pipeline_id = %s", (pipeline.pipeline_id,))]
-        conn.execute("DELETE FROM window_snapshot_chunk WHERE pipeline_id = %s", (pipeline.pipeline_id,))
     assert len(owners()) >= 1 and max(generations) >= 2
     assert pipeline.committed_offsets() == events
     res = pipeline.verify()

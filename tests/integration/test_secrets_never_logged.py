@@ -18,10 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.clickhouse_server import SERVER_PASSWORD, ClickHouseServer
+from tests.clickhouse_server import clickhouse_server as running_clickhouse_server
 from tests.conftest import REPO, Pipeline
 from tests.helpers import log_events, wait_for
-from tests.sink_support import SERVER_PASSWORD, ClickHouseServer
-from tests.sink_support import clickhouse_server as running_clickhouse_server
 
 GEN = ("--seed", "9", "--events", "600", "--accounts", "100", "--partitions", "2", "--late-fraction", "0.05",
        "--invalid-fraction", "0.02", "--event-time-rate", "100")

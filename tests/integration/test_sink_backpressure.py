@@ -5,17 +5,11 @@ reports paused partitions — and once the sink starts, everything lands exactly
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import REPO, Pipeline
-from tests.helpers import observe_for, wait_for
+from tests.conftest import Pipeline
+from tests.helpers import free_port, log_events, observe_for, wait_for
 
 RATE = 4_000                # events/s, open model
 STOPPED_S = 60              # the sink is not running for this long
@@ -23,19 +17,6 @@ EVENTS = RATE * 68          # the generator outlives the stop by a few seconds
 MAX_PENDING_ROWS = 30_000
 RSS_BOUND_MB = 320          # the configured bound asserted while paused (measured: ~155 MB)
 RSS_GROWTH_MB = 32          # ... and how much RSS may grow while the partitions are paused
-
-
-@pytest.fixture
-def sink_pipeline(pipeline: Pipeline) -> Iterator[Pipeline]:
-    yield pipeline
-    with pipeline.ledger() as conn:  # the shared fixture does not know this table yet
-        conn.execute("DELETE FROM sink_group WHERE pipeline_id = %s", (pipeline.pipeline_id,))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -57,27 +38,18 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_sink_stopped_for_60s_processor_pauses_with_bounded_memory(sink_pipeline: Pipeline) -> None:
-    p = sink_pipeline
-    logs = p.tmp / "processor.log"
-
-    def popen(*argv: str, stderr: object = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", *argv], env=p.env(), cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=stderr)  # type: ignore[arg-type]
-        p.procs.append(proc)
-        return proc
-
-    gen = popen("app.gen", "--seed", "3", "--events", str(EVENTS), "--rate", str(RATE), "--partitions", "3",
-                "--accounts", "20000", "--late-fraction", "0.01")
+def test_sink_stopped_for_60s_processor_pauses_with_bounded_memory(pipeline: Pipeline) -> None:
+    p = pipeline
+    gen = p.start("app.gen", "--seed", "3", "--events", str(EVENTS), "--rate", str(RATE), "--partitions", "3",
+                  "--accounts", "20000", "--late-fraction", "0.01")
     port = free_port()
-    with open(logs, "wb") as log_file:
-        processor = popen("app.processor", "--batch-max-wait", "0.2s", "--max-pending-rows", str(MAX_PENDING_ROWS),
-                          "--metrics-port", str(port), "--log-level", "info", stderr=log_file)
+    processor = p.start("app.processor", "--batch-max-wait", "0.2s", "--max-pending-rows",
+                        str(MAX_PENDING_ROWS), "--metrics-port", str(port), "--log-level", "info")
     paused_at: float | None = None
     rss_at_pause = rss_max = 0.0
     committed_while_paused: list[int] = []
     for elapsed in observe_for(STOPPED_S, interval=1.0):  # the sink stays stopped this long
-        assert processor.poll() is None, logs.read_text()[-3000:]
+        p.alive(processor, gen)
         try:
             m = scrape(port)
         except OSError:
@@ -99,15 +71,16 @@ def test_sink_stopped_for_60s_processor_pauses_with_bounded_memory(sink_pipeline
     # read before pausing, then its offsets stay put (sampled every second for the rest of the stop)
     assert len(committed_while_paused) >= 20 and len(set(committed_while_paused)) <= 2, committed_while_paused
     assert p.committed_offsets() == committed_while_paused[-1]
-    assert '"backpressure_paused"' in logs.read_text()
+    assert log_events(p.log(processor), "backpressure_paused")
 
-    sink = popen("app.sink", "--until-idle", "--batch-rows", "10000", "--metrics-port", "0")
-    assert gen.wait(timeout=60) == 0
-    wait_for(lambda: p.committed_offsets() == EVENTS, 180, "the processor to catch up once the sink ran")
+    sink = p.start("app.sink", "--until-idle", "--batch-rows", "10000")
+    assert gen.wait(timeout=60) == 0, p.log(gen)[-3000:]
+    wait_for(lambda: p.alive(processor, sink) and p.committed_offsets() == EVENTS, 180,
+             "the processor to catch up once the sink ran")
     processor.terminate()  # the --until-end run below marks the run finished for the sink
-    assert processor.wait(timeout=30) == 0
-    assert '"backpressure_resumed"' in logs.read_text()
+    assert processor.wait(timeout=30) == 0, p.log(processor)[-3000:]
+    assert log_events(p.log(processor), "backpressure_resumed")
     p.processor()
-    assert sink.wait(timeout=60) == 0
+    assert sink.wait(timeout=60) == 0, p.log(sink)[-3000:]
     res = p.verify()
     assert res.returncode == 0 and "EXACT" in res.stdout, res.stdout[-4000:]

@@ -4,7 +4,7 @@ exit code (2 = configuration: authentication, unknown database; 1 = any other pe
 error), never an endless retry loop with delivery stopped.
 
 Authentication needs a real server (chDB has none): Debian's clickhouse-server, installed
-and started on demand by the `clickhouse_server` fixture (tests/sink_support.py). The
+and started on demand by the `clickhouse_server` fixture (tests/clickhouse_server.py). The
 classification of data and schema errors is checked on real chDB errors.
 
 test_wrong_password_exits_2_within_seconds, test_unknown_database_exits_2 and
@@ -27,14 +27,14 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 
 from app.clickhouse.client import connect
 from app.clickhouse.schema import MIGRATIONS
+from tests.clickhouse_server import SERVER_PASSWORD, ClickHouseServer
+from tests.clickhouse_server import clickhouse_server as running_clickhouse_server
 from tests.conftest import Pipeline
 from tests.integration.test_sink_exactly_once import (
     assert_exactly_once,
     freeze_merges,
     groups,
 )
-from tests.sink_support import SERVER_PASSWORD, ClickHouseServer
-from tests.sink_support import clickhouse_server as running_clickhouse_server
 
 
 @pytest.fixture(scope="module")

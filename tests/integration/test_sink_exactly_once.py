@@ -12,7 +12,6 @@ active part still covers a single insert block, i.e. that no merge ran at all.""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,6 @@ FREEZE_MERGES = ("ALTER TABLE {} MODIFY SETTING max_bytes_to_merge_at_max_space_
 GEN = ("--seed", "5", "--events", "40000", "--accounts", "4000", "--partitions", "3", "--event-time-rate", "0.2",
        "--late-fraction", "0.02", "--invalid-fraction", "0.005")
 SMALL = ("--batch-max-wait", "0.05s", "--poll-records", "2000")
-
-
-@pytest.fixture
-def sink_pipeline(pipeline: Pipeline) -> Iterator[Pipeline]:
-    yield pipeline
-    with pipeline.ledger() as conn:  # the shared fixture does not know this table yet
-        conn.execute("DELETE FROM sink_group WHERE pipeline_id = %s", (pipeline.pipeline_id,))
 
 
 def freeze_merges(url: str) -> dict[str, Path]:
@@ -110,9 +102,9 @@ def assert_exactly_once(p: Pipeline) -> None:
     ("--fail-insert-probability", "0.3", "--fail-insert-seed", "7", "--fail-insert-mode", "after"),
     ("--fail-insert-every", "2", "--fail-insert-mode", "mid"),
 ], ids=["before", "after", "mid"])
-def test_injected_insert_faults_are_retried_to_an_exact_result(sink_pipeline: Pipeline,
+def test_injected_insert_faults_are_retried_to_an_exact_result(pipeline: Pipeline,
                                                                faults: tuple[str, ...]) -> None:
-    p = sink_pipeline
+    p = pipeline
     p.gen(*GEN)
     p.processor(*SMALL)
     freeze_merges(p.clickhouse_url)
@@ -125,10 +117,10 @@ def test_injected_insert_faults_are_retried_to_an_exact_result(sink_pipeline: Pi
     assert_exactly_once(p)
 
 
-def test_sink_killed_during_a_large_multi_partition_insert(sink_pipeline: Pipeline) -> None:
+def test_sink_killed_during_a_large_multi_partition_insert(pipeline: Pipeline) -> None:
     """SIGKILL once some parts of a ~100k-row, 5-day insert are on disk; the restarted
     sink re-sends the very same group (members, rows, blocks, token)."""
-    p = sink_pipeline
+    p = pipeline
     p.gen("--seed", "8", "--events", "120000", "--accounts", "40000", "--partitions", "3",
           "--event-time-rate", "0.3", "--late-fraction", "0.01")
     p.processor()
@@ -157,8 +149,8 @@ def test_sink_killed_during_a_large_multi_partition_insert(sink_pipeline: Pipeli
     assert_exactly_once(p)
 
 
-def test_async_inserts_with_a_crash_and_a_full_replay(sink_pipeline: Pipeline) -> None:
-    p = sink_pipeline
+def test_async_inserts_with_a_crash_and_a_full_replay(pipeline: Pipeline) -> None:
+    p = pipeline
     p.gen(*GEN)
     p.processor(*SMALL)
     freeze_merges(p.clickhouse_url)
@@ -198,8 +190,8 @@ class FlakyClient:
         return getattr(self.inner, name)
 
 
-def test_connection_errors_at_the_client_seam_are_retried_with_clear_logs(sink_pipeline: Pipeline) -> None:
-    p = sink_pipeline
+def test_connection_errors_at_the_client_seam_are_retried_with_clear_logs(pipeline: Pipeline) -> None:
+    p = pipeline
     p.gen(*GEN)
     p.processor(*SMALL)
     freeze_merges(p.clickhouse_url)

@@ -10,16 +10,14 @@ passes since 9b4b256 (the layout recorded with the group, migration 0006_group_l
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tests.conftest import Pipeline
+from tests.helpers import log_events, wait_for
 from tests.integration.test_sink_exactly_once import (
     assert_exactly_once,
     freeze_merges,
     groups,
     raw_audit,
 )
-from tests.sink_support import start_sink, wait_for
 
 # ~0.8 day of event time (2 day partitions) over 2 topic partitions, ~10k rows per table
 GEN = ("--seed", "11", "--events", "10000", "--accounts", "3000", "--partitions", "2", "--event-time-rate", "0.15",
@@ -27,8 +25,7 @@ GEN = ("--seed", "11", "--events", "10000", "--accounts", "3000", "--partitions"
 SMALL = ("--batch-max-wait", "0.05s", "--poll-records", "2000")
 
 
-def test_a_group_resumed_with_other_block_flags_keeps_its_recorded_layout(pipeline: Pipeline,
-                                                                          tmp_path: Path) -> None:
+def test_a_group_resumed_with_other_block_flags_keeps_its_recorded_layout(pipeline: Pipeline) -> None:
     p = pipeline
     p.gen(*GEN)
     p.processor(*SMALL)
@@ -36,12 +33,11 @@ def test_a_group_resumed_with_other_block_flags_keeps_its_recorded_layout(pipeli
 
     # 1. every insert writes the first half of its 1,000-row blocks, then fails: the first
     #    group is stuck with a prefix of its blocks in ClickHouse. Kill the sink there.
-    first = start_sink(p, tmp_path / "first.log", "--until-idle", "--batch-rows", "1000000",
-                       "--insert-block-rows", "1000", "--fault-injection", "--fail-insert-every", "1",
-                       "--fail-insert-mode", "mid")
+    first = p.start("app.sink", "--until-idle", "--batch-rows", "1000000", "--insert-block-rows", "1000",
+                    "--fault-injection", "--fail-insert-every", "1", "--fail-insert-mode", "mid")
     # two attempts counted = the first attempt's prefix insert returned before its fault
-    stuck = wait_for("a group sent twice (its first half of blocks landed)",
-                     lambda: [g for g in groups(p) if g[6] >= 2])
+    stuck = wait_for(lambda: p.alive(first) and [g for g in groups(p) if g[6] >= 2], 90,
+                     "a group sent twice (its first half of blocks landed)")
     first.kill()
     first.wait(timeout=30)
     assert first.returncode < 0, f"the sink ended on its own ({first.returncode}): it must be killed mid-group"
@@ -50,8 +46,8 @@ def test_a_group_resumed_with_other_block_flags_keeps_its_recorded_layout(pipeli
     assert status == "pending"
     landed = raw_audit(p.clickhouse_url)[table][0]
     assert 0 < landed < group_rows, f"expected a prefix of the group's {group_rows} rows in {table}, found {landed}"
-    log = (tmp_path / "first.log").read_text()
-    assert '"insert_fault_injected"' in log and '"mode": "mid"' in log, log[-3000:]
+    injected = log_events(p.log(first), "insert_fault_injected")
+    assert injected and all(e["mode"] == "mid" for e in injected), p.log(first)[-3000:]
 
     # 2. restart with other block flags and another insert mode: the open group must be
     #    re-sent with its recorded layout (1,000-row blocks, synchronous settings).

@@ -22,12 +22,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pytest
+from structlog.testing import capture_logs
 
 from app.core.config import ServiceSettings
 from app.sink.groups import GroupPolicy
@@ -35,43 +34,29 @@ from app.sink.loop import Sink, SinkConfig
 from app.sink.writer import ClickHouseWriter
 from tests.conftest import Pipeline
 from tests.faultproxy import FaultProxy
+from tests.helpers import free_port, log_events, sigterm_and_time, wait_for
 from tests.integration.test_sink_exactly_once import (
     assert_exactly_once,
     freeze_merges,
     groups,
 )
-from tests.sink_support import free_port, start_sink, wait_for
 
 GEN = ("--seed", "6", "--events", "20000", "--accounts", "3000", "--partitions", "2", "--event-time-rate", "0.3")
 SMALL_GROUPS = ("--batch-rows", "1500", "--insert-block-rows", "500")
 STOP_WITHIN_S = 10.0
 
 
-def log_events(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                pass  # a line still being written
-    return out
+def retries_of(p: Pipeline, sink: subprocess.Popen[bytes], prefix: str) -> list[dict[str, Any]]:
+    return [e for e in log_events(p.log(sink), "service_retry") if str(e.get("what")).startswith(prefix)]
 
 
-def retries_of(path: Path, prefix: str) -> list[dict[str, Any]]:
-    return [e for e in log_events(path) if e.get("event") == "service_retry" and str(e.get("what")).startswith(prefix)]
-
-
-def sigterm_and_time(proc: subprocess.Popen[bytes]) -> float:
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
-        raise AssertionError("the sink ignored SIGTERM for 60 s") from None
-    return time.monotonic() - t0
+def assert_stopped_within_budget(p: Pipeline, sink: subprocess.Popen[bytes], took: float,
+                                 service: str) -> None:
+    """Exit 0, within the budget, with the log line naming the call (of `service`) the stop ended."""
+    assert sink.returncode == 0, p.log(sink)[-3000:]
+    assert took < STOP_WITHIN_S, f"stopped {took:.1f}s after SIGTERM"
+    stopped = log_events(p.log(sink), "sink_stopped_with_open_group", "sink_stop_abandoned_call")
+    assert stopped and str(stopped[-1].get("what")).startswith(service), p.log(sink)[-3000:]
 
 
 def proxied(url: str, port: int) -> str:
@@ -96,56 +81,49 @@ def finish_and_verify(p: Pipeline) -> None:
 
 
 @pytest.mark.parametrize("fault", ["refuse", "blackhole"])
-def test_sigterm_while_postgres_is_down(pipeline: Pipeline, tmp_path: Path, fault: str) -> None:
+def test_sigterm_while_postgres_is_down(pipeline: Pipeline, fault: str) -> None:
     p = pipeline
     p.gen(*GEN)
     p.processor()
     freeze_merges(p.clickhouse_url)  # before any insert: the raw audit counts every row sent
-    log = tmp_path / "sink.log"
     with FaultProxy("127.0.0.1", 5432) as proxy:
-        sink = start_sink(p, log, *SMALL_GROUPS, DATABASE_URL=proxied(p.database_url, proxy.port))
-        wait_for("the sink to acknowledge a group", lambda: any(g[5] == "acked" for g in groups(p)))
+        sink = p.start("app.sink", *SMALL_GROUPS,
+                       extra_env={"DATABASE_URL": proxied(p.database_url, proxy.port)})
+        wait_for(lambda: p.alive(sink) and any(g[5] == "acked" for g in groups(p)), 90,
+                 "the sink to acknowledge a group")
         getattr(proxy, fault)()
         if fault == "refuse":
-            wait_for("the sink to retry a Postgres call", lambda: retries_of(log, "postgres"), timeout_s=30)
-        else:  # a black hole answers nothing: the sink's next ledger call hangs
-            time.sleep(1.5)
-        assert sink.poll() is None, log.read_text()[-3000:]
+            wait_for(lambda: p.alive(sink) and retries_of(p, sink, "postgres"), 30,
+                     "the sink to retry a Postgres call")
+        else:  # a black hole answers nothing: the sink's next ledger call hangs in it
+            wait_for(lambda: p.alive(sink) and proxy.held_bytes() > 0, 30,
+                     "the sink's next Postgres call to hang in the black hole")
         took = sigterm_and_time(sink)
-    events = log_events(log)
-    assert sink.returncode == 0, log.read_text()[-3000:]
-    assert took < STOP_WITHIN_S, f"stopped {took:.1f}s after SIGTERM"
-    stopped = [e for e in events if e.get("event") in ("sink_stopped_with_open_group", "sink_stop_abandoned_call")]
-    assert stopped and str(stopped[-1].get("what")).startswith("postgres"), events[-5:]
+    assert_stopped_within_budget(p, sink, took, "postgres")
     finish_and_verify(p)
 
 
 @pytest.mark.parametrize("fault", ["closed-port", "hang"])
-def test_sigterm_while_clickhouse_is_down(pipeline: Pipeline, tmp_path: Path, fault: str,
-                                          silent_port: int) -> None:
+def test_sigterm_while_clickhouse_is_down(pipeline: Pipeline, fault: str, silent_port: int) -> None:
     p = pipeline
     p.gen(*GEN)
     p.processor()
     freeze_merges(p.clickhouse_url)  # before any insert: the raw audit counts every row sent
-    log = tmp_path / "sink.log"
     with FaultProxy("127.0.0.1", silent_port) as proxy:
         if fault == "hang":
             proxy.blackhole()
             url = f"http://default:@127.0.0.1:{proxy.port}/default"
         else:
             url = f"http://default:@127.0.0.1:{free_port()}/default"
-        sink = start_sink(p, log, *SMALL_GROUPS, CLICKHOUSE_URL=url)
+        sink = p.start("app.sink", *SMALL_GROUPS, extra_env={"CLICKHOUSE_URL": url})
         if fault == "closed-port":
-            wait_for("the sink to retry a ClickHouse call", lambda: retries_of(log, "clickhouse"), timeout_s=30)
+            wait_for(lambda: p.alive(sink) and retries_of(p, sink, "clickhouse"), 30,
+                     "the sink to retry a ClickHouse call")
         else:  # the connection is accepted and never answered
-            time.sleep(2.0)
-        assert sink.poll() is None, log.read_text()[-3000:]
+            wait_for(lambda: p.alive(sink) and proxy.held_bytes() > 0, 30,
+                     "the sink's ClickHouse request to hang in the black hole")
         took = sigterm_and_time(sink)
-    events = log_events(log)
-    assert sink.returncode == 0, log.read_text()[-3000:]
-    assert took < STOP_WITHIN_S, f"stopped {took:.1f}s after SIGTERM"
-    stopped = [e for e in events if e.get("event") in ("sink_stopped_with_open_group", "sink_stop_abandoned_call")]
-    assert stopped and str(stopped[-1].get("what")).startswith("clickhouse"), events[-5:]
+    assert_stopped_within_budget(p, sink, took, "clickhouse")
     finish_and_verify(p)
 
 
@@ -193,28 +171,35 @@ def test_sigterm_while_acknowledging_leaves_the_group_open_and_unchanged(pipelin
         main = threading.main_thread().ident
         assert main is not None
 
-        def terminate_once_refused() -> None:
-            deadline = time.monotonic() + 60
-            while proxy.mode != "refuse" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(1.0)  # the acknowledgement is failing and being retried by now
-            outcome["sent_at"] = time.monotonic()
+        def acknowledgement_retried() -> bool:
+            return proxy.mode == "refuse" and any(
+                e["event"] == "service_retry" and e.get("what") == "postgres_acknowledge" for e in list(logs))
+
+        def terminate_once_retried() -> None:
+            try:
+                wait_for(acknowledgement_retried, 60, "the group's acknowledgement to fail and be retried")
+                outcome["sent_at"] = time.monotonic()
+            except AssertionError as e:
+                outcome["error"] = str(e)  # stop the sink all the same; the test fails below
+            if stopped.is_set():
+                return  # the sink ended by itself: its handlers are gone, a SIGTERM would end pytest
             signal.pthread_kill(main, signal.SIGTERM)
             # a sink that ignores the signal must fail this test, not hang it
             if not stopped.wait(30):
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main), ctypes.py_object(AssertionError))
 
-        killer = threading.Thread(target=terminate_once_refused, daemon=True)
-        killer.start()
-        try:
-            rc = sink.run()
-            took = time.monotonic() - outcome.get("sent_at", 0.0)
-        finally:
-            stopped.set()
-            for s, h in handlers.items():
-                signal.signal(s, h)
+        killer = threading.Thread(target=terminate_once_retried, daemon=True)
+        with capture_logs() as logs:
+            killer.start()
+            try:
+                rc = sink.run()
+                took = time.monotonic() - outcome.get("sent_at", 0.0)
+            finally:
+                stopped.set()
+                for s, h in handlers.items():
+                    signal.signal(s, h)
         killer.join(timeout=5)
-    assert proxy.mode == "refuse" and "sent_at" in outcome, "the outage or the SIGTERM never happened"
+    assert proxy.mode == "refuse" and "sent_at" in outcome, outcome.get("error", "the SIGTERM never happened")
     assert rc == 0 and took < STOP_WITHIN_S, (rc, took)
     assert len(writer.inserted) == 1
     open_groups = [g for g in groups(p) if g[5] == "pending"]

@@ -122,13 +122,6 @@ def test_memory_store_rebuilds_from_chunked_snapshots(pipeline: Pipeline) -> Non
     _assert_exact(pipeline)
 
 
-@pytest.fixture(autouse=True)
-def _drop_snapshot_chunks(pipeline: Pipeline) -> object:
-    yield
-    with pipeline.ledger() as conn:
-        conn.execute("DELETE FROM window_snapshot_chunk WHERE pipeline_id = %s", (pipeline.pipeline_id,))
-
-
 def test_state_dir_layout(pipeline: Pipeline) -> None:
     """A processor takes slot-0 under --state-dir and keeps one LevelDB per partition."""
     pipeline.gen(*GEN[:4], "--partitions", "2")

@@ -152,14 +152,14 @@ def ledger(postgres: str) -> Iterator[tuple[str, object]]:
     import psycopg
 
     from app.core.config import psycopg_conninfo
+    from app.ledger.scope import forget_pipeline
 
     pipeline_id = f"verify-test-{uuid.uuid4().hex[:12]}"
     conn = psycopg.connect(psycopg_conninfo(DATABASE_URL), autocommit=True)
     try:
         yield pipeline_id, conn
     finally:
-        conn.execute("DELETE FROM dlq_count WHERE pipeline_id = %s", (pipeline_id,))
-        conn.execute("DELETE FROM partition_state WHERE pipeline_id = %s", (pipeline_id,))
+        forget_pipeline(conn, pipeline_id)
         conn.close()
 
 

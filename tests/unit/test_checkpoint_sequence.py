@@ -49,6 +49,9 @@ class FakeStore:
         self.calls.append(("drop_final", self.partition, watermark_ms))
         return 0
 
+    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None) -> Iterator[tuple[object, list[int]]]:
+        return iter([])  # the settled totals (app/processor/settled.py): nothing final here
+
     def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:
         self.calls.append(("snapshot_start", self.partition))
         return iter([])

@@ -1,56 +1,20 @@
-"""Helpers of the sink's outage, layout and error tests: a background sink whose log goes
-to a file, a polling wait with a deadline, and a real ClickHouse server on demand."""
+"""A real ClickHouse server on demand (Debian's clickhouse-server), for what chDB cannot
+show: authentication, a server's error codes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
-from tests.conftest import REPO, Pipeline
-
-T = TypeVar("T")
-
-
-def start_sink(p: Pipeline, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """The sink in the background, its log in a file (a pipe nobody reads could fill and stall it)."""
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "app.sink", "--metrics-port", "0", *args], env=p.env(**env),
-                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-    p.procs.append(proc)
-    return proc
-
-
-def wait_for(what: str, cond: Callable[[], T], timeout_s: float = 90.0, every_s: float = 0.1) -> T:
-    """Poll cond() until it returns something truthy; fail naming `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(every_s)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ---- a real ClickHouse server (Debian's clickhouse-server) ------------------------------
+from tests.helpers import free_port, wait_for
 
 SERVER_BIN = "/usr/sbin/clickhouse-server"
 SERVER_USER, SERVER_PASSWORD = "pipeline", "s3cret-pw"
@@ -133,7 +97,7 @@ def clickhouse_server(workdir: Path) -> Iterator[ClickHouseServer]:
         except OSError:
             return False
     try:
-        wait_for(f"clickhouse-server to answer /ping on port {port}", ping, timeout_s=60)
+        wait_for(ping, 60, f"clickhouse-server to answer /ping on port {port}")
         yield ClickHouseServer(port)
     finally:
         proc.terminate()
