@@ -3,6 +3,7 @@ end offsets, topic identity."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.core.errors import FatalError, RetryableError, ServiceUnavailable
+from app.core.errors import FatalError, KafkaUnreachable, RetryableError
 from app.core.retry import retry_call, service_timeout
 
 log = structlog.get_logger("kafka")
@@ -25,11 +26,13 @@ _client_settings: dict[str, str] = {}
 
 # Outage bookkeeping for --service-timeout: librdkafka reconnects by itself and reports each
 # failed attempt through error_cb (_TRANSPORT on every failed reconnect; _ALL_BROKERS_DOWN
-# each time every broker it knows is down again, every few seconds while they stay down).
-# The service is out while _ALL_BROKERS_DOWN keeps coming, less than _ALL_DOWN_GAP_S apart;
-# one broker of several down only ever reports _TRANSPORT, and is no outage.
+# when every broker it knows is down, sometimes again while they stay down, sometimes not).
+# An outage lasts while those reports keep coming less than _ALL_DOWN_GAP_S apart; and, as
+# they need not repeat, a consumer also watches its own statistics (_stats_cb). One broker of
+# several down never reports _ALL_BROKERS_DOWN and leaves others UP: no outage.
 _ALL_DOWN_GAP_S = 30.0
-_outage: dict[str, float] = {}  # since, last: the current run of _ALL_BROKERS_DOWN reports
+_outage: dict[str, float] = {}  # since, last: the current outage
+_RECONNECTING = frozenset({"DOWN", "TRY_CONNECT", "CONNECT"})
 
 
 def use_client_settings(settings: dict[str, str]) -> None:
@@ -49,7 +52,7 @@ def _error_cb(bootstrap: str) -> Callable[[KafkaError], None]:
             _outage["last"] = now
             timeout = service_timeout()
             if timeout is not None and now - _outage["since"] > timeout:
-                raise ServiceUnavailable(f"Kafka unreachable at {bootstrap}: every broker down for "
+                raise KafkaUnreachable(f"Kafka unreachable at {bootstrap}: every broker down for "
                                          f"{now - _outage['since']:.0f}s (--service-timeout {timeout:g}s)")
         key = str(err.code())
         if now - _last_logged.get(key, -1e9) >= 10.0:
@@ -57,6 +60,29 @@ def _error_cb(bootstrap: str) -> Callable[[KafkaError], None]:
             log.warning("kafka_unavailable_retrying", bootstrap=bootstrap, error=err.str(), code=err.name(),
                         fatal=err.fatal())
     return on_error
+
+
+def _stats_cb(bootstrap: str) -> Callable[[str], None]:
+    """One consumer's own outage detector, from its statistics: the consumer always holds
+    connections (fetches, its group coordinator), so none UP and some being reconnected for
+    longer than the timeout is an outage whether or not librdkafka repeated _ALL_BROKERS_DOWN;
+    any broker UP ends it (one broker of several down never does this); idle handles (INIT)
+    say nothing. Its own state: another client's view never clears this one's."""
+    down_since: list[float] = []
+
+    def on_stats(stats_json: str) -> None:
+        states = {b.get("state") for b in json.loads(stats_json).get("brokers", {}).values()}
+        now = time.monotonic()
+        if "UP" in states:
+            down_since.clear()
+        elif states & _RECONNECTING:
+            if not down_since:
+                down_since.append(now)
+            timeout = service_timeout()
+            if timeout is not None and now - down_since[0] > timeout:
+                raise KafkaUnreachable(f"Kafka unreachable at {bootstrap}: no broker up for "
+                                         f"{now - down_since[0]:.0f}s (--service-timeout {timeout:g}s)")
+    return on_stats
 
 
 def _quiet(cfg: dict[str, object]) -> dict[str, object]:
@@ -106,6 +132,9 @@ def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str,
         "reconnect.backoff.max.ms": 5000,
     }
     cfg.update(extra)
+    if service_timeout() is not None:  # the consumer is polled all the time: see _stats_cb
+        cfg.setdefault("statistics.interval.ms", 1000)
+        cfg.setdefault("stats_cb", _stats_cb(bootstrap))
     return _quiet(cfg)
 
 
