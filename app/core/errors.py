@@ -19,6 +19,12 @@ class ServiceUnavailable(RetryableError):
     error during shutdown treats it alike."""
 
 
+class KafkaUnreachable(ServiceUnavailable):
+    """Every broker unreachable past --service-timeout, seen by a client mid-run. Closing that
+    client waits on the unreachable group coordinator (LeaveGroup, pending commits), so the
+    command exits without closing it."""
+
+
 class ConfigurationError(FatalError):
     """The operator's settings are wrong in a way no retry can fix (an unmigrated ledger,
     rules other than the pinned ones, a port already taken): exit 2, like a bad flag."""

@@ -32,7 +32,14 @@ from app.core.config import (
     positive_int_arg,
     service_settings,
 )
-from app.core.errors import ConfigurationError, FatalError, PipelineError, RetryableError, ServiceUnavailable
+from app.core.errors import (
+    ConfigurationError,
+    FatalError,
+    KafkaUnreachable,
+    PipelineError,
+    RetryableError,
+    ServiceUnavailable,
+)
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.health import HEALTH
@@ -197,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if isinstance(e, ServiceUnavailable):
             log.error("processor_gave_up", error=str(e))
-            return fail(PROG, str(e), EXIT_UNAVAILABLE)
+            code = fail(PROG, str(e), EXIT_UNAVAILABLE)
+            if isinstance(e, KafkaUnreachable):
+                # the consumer was left open (Processor._close): its destructor at exit would
+                # wait on the unreachable group coordinator just like close()
+                sys.stdout.flush()
+                os._exit(code)
+            return code
         log.error("processor_failed", error=f"{type(e).__name__}: {e}")
         return EXIT_FAILED
     except PipelineError as e:

@@ -27,7 +27,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from app.core import health, metrics
-from app.core.errors import FatalError, RetryableError
+from app.core.errors import FatalError, KafkaUnreachable, RetryableError
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
 from app.core.retry import retry_call
 from app.ledger import until_end
@@ -194,8 +194,14 @@ class Processor:
 
     def _close(self) -> None:
         try:
-            # revokes: the revoke callback commits what is done, or nothing after an error
-            self.consumer.close()
+            if isinstance(self.failed, KafkaUnreachable):
+                # close() would wait on the unreachable coordinator for minutes; nothing is
+                # committed after an error anyway, and the group drops this member after its
+                # session timeout (the command then exits without running the destructor)
+                log.warning("consumer_not_closed", reason="Kafka unreachable")
+            else:
+                # revokes: the revoke callback commits what is done, or nothing after an error
+                self.consumer.close()
         except Exception as e:  # noqa: BLE001 - shutting down: say what failed, release the rest
             # (an error in our revoke callback has already put us in the failed state)
             log.warning("consumer_close_failed", error=f"{type(e).__name__}: {e}")

@@ -166,8 +166,9 @@ def test_processor_exits_3_when_the_broker_stays_away_past_service_timeout(clust
              "the processor's first checkpoint")
     cluster1.node_kill(1)
     try:
-        rc = wait_for(lambda: proc.poll() is not None, 90, "the processor to give up on the broker") and \
-            proc.returncode
+        wait_for(lambda: proc.poll() is not None, 90, "the processor to give up on the broker",
+                 detail=lambda: "\n".join(p.log(proc).strip().splitlines()[-30:]))
+        rc = proc.returncode
         lines = p.log(proc).strip().splitlines()
         assert rc == 3, "\n".join(lines[-30:])
         assert lines[-1].startswith("processor: error: ") and "Kafka unreachable at 127.0.0.1:" in lines[-1], lines[-1]
