@@ -21,7 +21,8 @@ from psycopg import sql
 from tests.clickhouse_server import SERVER_PASSWORD, ClickHouseServer
 from tests.clickhouse_server import clickhouse_server as running_clickhouse_server
 from tests.conftest import REPO, Pipeline
-from tests.helpers import log_events, wait_for
+from tests.helpers import free_port, log_events, wait_for
+from tests.metrics_support import get
 
 GEN = ("--seed", "9", "--events", "600", "--accounts", "100", "--partitions", "2", "--late-fraction", "0.05",
        "--invalid-fraction", "0.02", "--event-time-rate", "100")
@@ -67,11 +68,15 @@ def test_no_secret_in_any_log_line(pipeline: Pipeline, ledger_role: str, clickho
     env = {"LOG_LEVEL": "debug", "DATABASE_URL": url}
     outputs: dict[str, subprocess.CompletedProcess[str]] = {}
     outputs["gen"] = p.run("app.gen", *GEN, extra_env=env)
-    proc = p.start("app.processor", "--batch-max-wait", "0.1s", "--database-url", keyword_dsn, "--log-level", "debug")
+    port = free_port()  # the health probes connect with the same settings, in their own thread
+    proc = p.start("app.processor", "--batch-max-wait", "0.1s", "--database-url", keyword_dsn, "--log-level", "debug",
+                   "--metrics-port", str(port))
     proc_env_ok = wait_for(lambda: p.alive(proc) and _tls_sessions(ledger_role, app_name), 60,
                            "the processor's ledger connection, over TLS, in pg_stat_ssl")
     assert proc_env_ok, "no TLS session"
     wait_for(lambda: p.alive(proc) and p.committed_offsets() == 600, 60, "the processor to commit every record")
+    wait_for(lambda: p.alive(proc) and get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60,
+             "the processor's /readyz: its Postgres (keyword DSN) and Kafka (KAFKA_CONFIG_*) probes answered")
     proc.terminate()
     assert proc.wait(timeout=60) == 0, p.log(proc)[-3000:]
     outputs["processor --until-end"] = p.run("app.processor", "--until-end", extra_env=env)
