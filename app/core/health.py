@@ -46,6 +46,7 @@ class Health:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a probe added: probe now, not a whole interval later
 
     # ---- what the process registers and reports --------------------------------
 
@@ -57,6 +58,7 @@ class Health:
         with self._lock:
             self._probes[name] = probe
             self._results[name] = ProbeResult(False, "not probed yet")
+        self._wake.set()
         self._start()
 
     def add_condition(self, name: str, holds: Callable[[], bool]) -> None:
@@ -116,10 +118,12 @@ class Health:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.probe_once()
-            self._stop.wait(self.probe_every_s)
+            self._wake.wait(self.probe_every_s)
+            self._wake.clear()
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
 
 
 HEALTH = Health()

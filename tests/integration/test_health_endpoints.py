@@ -51,12 +51,18 @@ def test_a_processor_without_partitions_is_alive_but_not_ready(pipeline: Pipelin
     ports = [free_port(), free_port()]
     procs = [p.start("app.processor", "--metrics-port", str(port)) for port in ports]
 
-    def one_owner() -> list[int] | None:
+    def one_owner() -> int | None:
+        """The idle one's port once one is ready and the other is not for want of a partition
+        alone (its first probes may still be running when the owner is ready)."""
         p.alive(*procs)
-        codes = sorted(status(port, "/readyz")[0] for port in ports)
-        return codes if codes == [200, 503] else None
-    wait_for(one_owner, 60, "one processor to own the only partition (ready) and the other none (not ready)")
-    idle = next(port for port in ports if status(port, "/readyz")[0] == 503)
+        answers = {port: status(port, "/readyz") for port in ports}
+        if sorted(code for code, _ in answers.values()) != [200, 503]:
+            return None
+        idle = next(port for port, (code, _) in answers.items() if code == 503)
+        checks = answers[idle][1]["checks"]  # type: ignore[index]
+        return idle if all(v == "ok" for k, v in checks.items() if k != "owns_partitions") else None
+    idle = wait_for(one_owner, 60, "one processor to own the only partition (ready) and the other none "
+                                   "(not ready, its services answering)")
     _code, body = status(idle, "/readyz")
     assert body["checks"]["owns_partitions"] == "no", body  # type: ignore[index]
     assert body["checks"]["postgres"] == "ok" and body["checks"]["kafka"] == "ok", body  # type: ignore[index]
