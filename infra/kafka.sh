@@ -15,6 +15,8 @@ DATA="${KAFKA_DATA_DIR:-$ROOT/.data/kafka}"
 PORT_BASE="${KAFKA_PORT_BASE:-9092}"
 BROKERS="${BROKERS:-1}"
 HEAP="${KAFKA_HEAP:-512m}"
+PY="${PYTHON:-python3}"
+[ -x "$PY" ] || command -v "$PY" >/dev/null || PY=python3  # before `make install`: status still works
 START_TIMEOUT_S="${KAFKA_START_TIMEOUT:-90}"
 
 client_port() { echo $((PORT_BASE + 2 * ($1 - 1))); }
@@ -135,7 +137,7 @@ wait_port() {  # port node
 
 wait_ready() {  # metadata answers with every broker registered
   local deadline=$((SECONDS + START_TIMEOUT_S))
-  until python3 - "$(bootstrap)" "$BROKERS" <<'PY' 2>/dev/null
+  until "$PY" - "$(bootstrap)" "$BROKERS" <<'PY' 2>/dev/null
 import sys
 from confluent_kafka.admin import AdminClient
 md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=5)
@@ -154,7 +156,7 @@ bootstrap() {
 }
 
 kafka_answers() {  # port: does a Kafka broker answer metadata requests there?
-  python3 - "127.0.0.1:$1" <<'PY' 2>/dev/null
+  "$PY" - "127.0.0.1:$1" <<'PY' 2>/dev/null
 import sys
 from confluent_kafka.admin import AdminClient
 sys.exit(0 if AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=5).brokers else 1)
@@ -197,13 +199,22 @@ status() {
   done
 }
 
+# Kafka's own consumer-group tool against the local stack, e.g. the pipeline's lag:
+#   infra/kafka.sh consumer-groups --describe --group rollups
+consumer_groups() {
+  fetch >&2
+  java_run org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+    --bootstrap-server "${KAFKA_BOOTSTRAP_SERVERS:-$(bootstrap)}" "$@"
+}
+
 case "${1:-}" in
   fetch) fetch ;;
+  consumer-groups) shift; consumer_groups "$@" ;;
   up) up ;;
   down) down ;;
   status) status ;;
   bootstrap) bootstrap ;;
   node-kill) node_kill "$2" ;;
   node-start) node_start "$2" ;;
-  *) echo "usage: $0 fetch|up|down|status|bootstrap|node-kill I|node-start I" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|up|down|status|bootstrap|node-kill I|node-start I|consumer-groups ARGS" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ PORT="${PROMETHEUS_PORT:-9090}"
 DASH_PORT="${DASHBOARD_PORT:-9300}"
 INTERVAL="${SCRAPE_INTERVAL:-5s}"
 PYTHON="${PYTHON:-python3}"
+[ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null || PYTHON=python3  # before `make install`: status still works
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

@@ -1,15 +1,27 @@
 """Alembic environment: the ledger lives in the database named by DATABASE_URL."""
 
+import logging
+import os
+import sys
 from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.core.config import env, sqlalchemy_url
+from app.core.config import LOG_LEVELS, env, sqlalchemy_url
+from app.core.logging import configure_logging
 
 config = context.config
 if config.config_file_name is not None:
-    fileConfig(config.config_file_name)
+    if sys.stderr.isatty():
+        fileConfig(config.config_file_name)
+    else:  # one JSON stream, like every command (docs/operations.md, "Logs")
+        level = (os.environ.get("LOG_LEVEL") or "info").lower()
+        if level not in LOG_LEVELS:
+            sys.exit(f"alembic: error: unknown log level {level!r} (LOG_LEVEL): use one of {', '.join(LOG_LEVELS)}")
+        configure_logging(level, json=True)
+        if level in ("debug", "info"):  # which migrations ran is what an operator reads here
+            logging.getLogger("alembic").setLevel(logging.INFO)
 
 
 def database_url() -> str:

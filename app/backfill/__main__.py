@@ -4,6 +4,7 @@ it with a newer version through the ledger and the sink (contract §7, docs/back
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 
@@ -12,33 +13,39 @@ import structlog
 from app.backfill.render import summary_json, summary_lines
 from app.backfill.request import BackfillRequest, OffsetRange
 from app.backfill.run import Backfill, BackfillConfig, Stopped
+from app.core.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    fail,
+    metrics_port,
+)
 from app.core.config import (
     ArgumentParser,
     add_lateness_args,
     add_runtime_args,
     add_service_args,
-    duration_arg,
+    add_service_timeout_arg,
     lateness_flags,
     non_negative_int_arg,
     positive_int_arg,
     service_settings,
     time_ms_arg,
 )
-from app.core.errors import FatalError, PipelineError, RetryableError, ServiceLocked
+from app.core.errors import FatalError, PipelineError, RetryableError, ServiceLocked, ServiceUnavailable
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
-from app.core.logging import configure_logging
+from app.core.retry import retry_call
 from app.core.serve import serve_metrics
+from app.core.startup import start_command
+from app.ledger.schema_check import require_migrated
 from app.processor.windows import LatenessPolicy
 
 log = structlog.get_logger("backfill")
 
-EXIT_OK = 0
-EXIT_FAILED = 1       # an invariant broke or an unexpected error: nothing half-done is visible
-EXIT_USAGE = 2        # bad flags, rules that differ from the live run, input removed by retention
-EXIT_LOCKED = 3       # --require-clickhouse and the embedded path is held (by the sink)
-EXIT_UNAVAILABLE = 4  # a service unreachable after --service-timeout of retries
-EXIT_STOPPED = 130    # SIGTERM / SIGINT: rerun the same command to resume
+PROG = "backfill"
 
 EPILOG = """\
 windows: a window is in --from-time/--to-time when its start is in [from, to). With
@@ -46,12 +53,13 @@ windows: a window is in --from-time/--to-time when its start is in [from, to). W
 folded into (each recomputed in full). Only windows final in every partition (watermark
 >= end + allowed lateness) are recomputed; windows still open live are skipped and listed.
 
-exit status:
+exit status (docs/operations.md, the same table for every command):
   0  landed (or dry run / nothing to land)
   1  failed: an invariant broke or an unexpected error
-  2  usage error, rules that differ from the live processor's, or input removed by retention
-  3  --require-clickhouse and the embedded ClickHouse path is in use (by the sink)
-  4  Kafka, Postgres or ClickHouse unreachable after --service-timeout of retries
+  2  usage or configuration: bad flags, rules that differ from the live processor's, input
+     removed by retention, an unmigrated ledger, refused credentials
+  3  Kafka, Postgres or ClickHouse unreachable past --service-timeout, or --require-clickhouse
+     and the embedded ClickHouse path is in use (by the sink)
   130 stopped by SIGTERM/SIGINT: run the same command again to resume
 """
 
@@ -63,7 +71,7 @@ def build_parser() -> ArgumentParser:
                     "lateness rules, and land them through the ledger and the sink with a version newer than "
                     "any live one. A SIGKILLed run resumes when run again with the same flags.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_service_args(p)
+    add_service_args(p, uses=frozenset({"kafka", "database", "clickhouse", "events_topic", "pipeline_id"}))
     r = p.add_argument_group("range")
     r.add_argument("--from-time", type=time_ms_arg, metavar="TIME",
                    help="first window start to recompute: ISO 8601 UTC (2025-11-20T01:00:00Z) or epoch ms")
@@ -88,8 +96,7 @@ def build_parser() -> ArgumentParser:
     o.add_argument("--max-diffs", type=non_negative_int_arg, default=10, metavar="N",
                    help="differing keys to print per table (default %(default)s)")
     o.add_argument("--json", action="store_true", help="also print the summary as one JSON line at the end")
-    o.add_argument("--service-timeout", type=duration_arg, default=30.0, metavar="DURATION",
-                   help="how long to retry an unreachable Kafka / Postgres / ClickHouse (default 30s)")
+    add_service_timeout_arg(o, default="30s")
     add_runtime_args(p, metrics_port=0)
     add_fault_injection_arg(p)
     return p
@@ -114,39 +121,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     request = request_from_args(parser, args)
-    configure_logging(args.log_level)
+    start_command(PROG, args)
     arm_faults(args.fault_injection, command="backfill")
+    timeout_s = math.inf if args.service_timeout is None else args.service_timeout
     cfg = BackfillConfig(services=service_settings(args), request=request, dry_run=args.dry_run,
                          require_clickhouse=args.require_clickhouse, batch_rows=args.batch_rows,
-                         service_timeout_s=args.service_timeout, max_examples=args.max_diffs)
+                         service_timeout_s=timeout_s, max_examples=args.max_diffs)
     try:
-        serve_metrics(args.metrics_port, args.metrics_host, stage="backfill")
+        with metrics_port(PROG, args.metrics_port, args.metrics_host):
+            serve_metrics(args.metrics_port, args.metrics_host, stage="backfill")
+        retry_call(lambda: require_migrated(cfg.services.database_url), what="postgres_ledger_schema",
+                   deadline_s=timeout_s)
         outcome = Backfill(cfg).run()
     except ServiceLocked as e:  # before FatalError: it is one
-        return _error(str(e), EXIT_LOCKED)
+        return fail(PROG, str(e), EXIT_UNAVAILABLE)
     except FatalError as e:
-        return _error(str(e), EXIT_USAGE)
+        return fail(PROG, str(e), EXIT_USAGE)
+    except ServiceUnavailable as e:
+        return fail(PROG, str(e), EXIT_UNAVAILABLE)
     except RetryableError as e:
-        return _error(f"gave up after {args.service_timeout:.0f}s of retries: {e}", EXIT_UNAVAILABLE)
+        return fail(PROG, f"gave up after {timeout_s:g}s of retries: {e}", EXIT_UNAVAILABLE)
     except Stopped as e:
-        return _error(str(e), EXIT_STOPPED)
+        return fail(PROG, str(e), EXIT_INTERRUPTED)
     except PipelineError as e:
-        return _error(f"{type(e).__name__}: {e}", EXIT_FAILED)
+        return fail(PROG, f"{type(e).__name__}: {e}", EXIT_FAILED)
     except Exception as e:  # logged with its traceback; the run resumes when started again
         log.exception("backfill_failed")
-        return _error(f"unexpected {type(e).__name__}: {e}", EXIT_FAILED)
+        return fail(PROG, f"unexpected {type(e).__name__}: {e}", EXIT_FAILED)
     print("\n".join(summary_lines(outcome)), flush=True)
     if args.json:
         print(summary_json(outcome), flush=True)
     log.info("backfill_done", dry_run=outcome.dry_run, windows=outcome.windows,
              version=None if outcome.run is None else outcome.run.checkpoint_id, seconds=round(outcome.elapsed_s, 2))
     return EXIT_OK
-
-
-def _error(message: str, code: int) -> int:
-    sys.stdout.flush()
-    sys.stderr.write(f"backfill: error: {message}\n")
-    return code
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 from app.clickhouse.errors import translate
 from app.clickhouse.schema import MIGRATIONS, SCHEMA_VERSION_DDL
 from app.core.config import mask_url
-from app.core.errors import FatalError, RetryableError, ServiceLocked
+from app.core.errors import ConfigurationError, RetryableError, ServiceLocked
 
 log = structlog.get_logger("clickhouse")
 
@@ -118,7 +118,10 @@ def connect(url: str) -> Client:
                 _raise_if_locked(target.path)
             client = clickhouse_connect.get_client(dsn=url, settings={"async_insert": 0})
         else:
-            client = clickhouse_connect.get_client(dsn=url, connect_timeout=CONNECT_TIMEOUT_S,
+            # the scheme picks TLS: clickhouse-connect reads host, port, credentials and options
+            # from a DSN but not its scheme, and would send plain HTTP to an https:// URL
+            client = clickhouse_connect.get_client(dsn=url, interface=urlsplit(url).scheme,
+                                                   connect_timeout=CONNECT_TIMEOUT_S,
                                                    send_receive_timeout=SEND_RECEIVE_TIMEOUT_S)
     except (ClickHouseError, ConnectionError, OSError) as e:
         raise translate(e, "connecting", url) from e
@@ -166,4 +169,4 @@ def is_retryable(e: BaseException) -> bool:
 
 def raise_fatal_on_bad_url(url: str) -> None:
     if not url.startswith(("chdb:", "http://", "https://")):
-        raise FatalError(f"unsupported CLICKHOUSE_URL {mask_url(url)!r}: use chdb:///abs/path or http(s)://")
+        raise ConfigurationError(f"unsupported CLICKHOUSE_URL {mask_url(url)!r}: use chdb:///abs/path or http(s)://")

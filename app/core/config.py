@@ -13,8 +13,12 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from typing import Final, NoReturn
+
+from app.core.cli import package_version
+from app.core.urls import mask_url, psycopg_conninfo, sqlalchemy_url
+
+__all__ = ["mask_url", "psycopg_conninfo", "sqlalchemy_url"]  # their home is app.core.urls
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT / ".data"
@@ -40,7 +44,12 @@ def env(name: str) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit code 2 (no usage dump)."""
+    """argparse with a one-line error and exit code 2 (no usage dump), and --version."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                          help="print the version and exit")
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
@@ -57,17 +66,19 @@ class ServiceSettings:
     events_topic: str
     dlq_topic: str
     pipeline_id: str
+    uses: frozenset[str] = frozenset()  # the services this command has flags for; empty = all
 
     def masked(self) -> dict[str, str]:
-        """Safe to log: passwords in URLs replaced by ***."""
-        return {
-            "kafka_bootstrap_servers": self.kafka_bootstrap_servers,
-            "database_url": mask_url(self.database_url),
-            "clickhouse_url": mask_url(self.clickhouse_url),
-            "events_topic": self.events_topic,
-            "dlq_topic": self.dlq_topic,
-            "pipeline_id": self.pipeline_id,
+        """Safe to log: passwords in URLs replaced by ***; only the settings the command uses."""
+        every = {
+            "kafka": ("kafka_bootstrap_servers", self.kafka_bootstrap_servers),
+            "database": ("database_url", mask_url(self.database_url)),
+            "clickhouse": ("clickhouse_url", mask_url(self.clickhouse_url)),
+            "events_topic": ("events_topic", self.events_topic),
+            "dlq_topic": ("dlq_topic", self.dlq_topic),
+            "pipeline_id": ("pipeline_id", self.pipeline_id),
         }
+        return dict(field for use, field in every.items() if not self.uses or use in self.uses)
 
 
 _PIPELINE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -79,20 +90,44 @@ def pipeline_id_arg(value: str) -> str:
     return value
 
 
-def add_service_args(parser: argparse.ArgumentParser) -> None:
+SERVICES: Final = frozenset({"kafka", "database", "clickhouse", "events_topic", "dlq_topic", "pipeline_id"})
+
+
+def add_service_args(parser: argparse.ArgumentParser, *, uses: frozenset[str] = SERVICES) -> None:
+    """The service flags of the settings a command `uses` (a command has no flag it would
+    ignore); the others keep their environment default, unused."""
+    unknown = uses - SERVICES
+    assert not unknown, unknown
+    parser.set_defaults(_uses=uses)
     g = parser.add_argument_group("services (env var default, the flag wins)")
-    g.add_argument("--bootstrap-servers", default=env("KAFKA_BOOTSTRAP_SERVERS"),
-                   help="Kafka brokers [KAFKA_BOOTSTRAP_SERVERS, default %(default)s]")
-    g.add_argument("--database-url", default=env("DATABASE_URL"),
-                   help="Postgres ledger URL [DATABASE_URL]")
-    g.add_argument("--clickhouse-url", default=env("CLICKHOUSE_URL"),
-                   help="chdb:///abs/path (embedded) or http(s)://user:pass@host:port/db [CLICKHOUSE_URL]")
-    g.add_argument("--events-topic", default=env("EVENTS_TOPIC"),
-                   help="input topic [EVENTS_TOPIC, default %(default)s]")
-    g.add_argument("--dlq-topic", default=env("DLQ_TOPIC"),
-                   help="side output for late and invalid events [DLQ_TOPIC, default %(default)s]")
-    g.add_argument("--pipeline-id", type=pipeline_id_arg, default=env("PIPELINE_ID"),
-                   help="consumer group and ledger scope [PIPELINE_ID, default %(default)s]")
+    if "kafka" in uses:
+        g.add_argument("--bootstrap-servers", default=env("KAFKA_BOOTSTRAP_SERVERS"),
+                       help="Kafka brokers [KAFKA_BOOTSTRAP_SERVERS, default %(default)s]")
+        add_kafka_config_arg(g)
+    if "database" in uses:
+        g.add_argument("--database-url", default=env("DATABASE_URL"),
+                       help="Postgres ledger URL, e.g. postgresql://user:pass@host:5432/db?sslmode=verify-full "
+                            "[DATABASE_URL]")
+    if "clickhouse" in uses:
+        g.add_argument("--clickhouse-url", default=env("CLICKHOUSE_URL"),
+                       help="chdb:///abs/path (embedded) or http(s)://user:pass@host:port/db [CLICKHOUSE_URL]")
+    if "events_topic" in uses:
+        g.add_argument("--events-topic", default=env("EVENTS_TOPIC"),
+                       help="input topic [EVENTS_TOPIC, default %(default)s]")
+    if "dlq_topic" in uses:
+        g.add_argument("--dlq-topic", default=env("DLQ_TOPIC"),
+                       help="side output for late and invalid events [DLQ_TOPIC, default %(default)s]")
+    if "pipeline_id" in uses:
+        g.add_argument("--pipeline-id", type=pipeline_id_arg, default=env("PIPELINE_ID"),
+                       help="consumer group and ledger scope [PIPELINE_ID, default %(default)s]")
+
+
+def add_kafka_config_arg(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--kafka-config", type=Path, default=os.environ.get("KAFKA_CONFIG_FILE") or None,
+                       metavar="FILE",
+                       help="librdkafka settings for every Kafka client, a properties file (key=value per line, "
+                            "e.g. security.protocol=SASL_SSL); they win over KAFKA_CONFIG_* variables "
+                            "(KAFKA_CONFIG_SASL_MECHANISM=PLAIN sets sasl.mechanism) [KAFKA_CONFIG_FILE]")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, metrics_port: int) -> None:
@@ -101,8 +136,42 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, metrics_port: int) -> N
                    help="Prometheus /metrics port, 0 = off (default %(default)s)")
     g.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the metrics endpoint binds to (default %(default)s)")
-    g.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"], help="log level (default %(default)s)")
+    add_log_level_arg(g)
+
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+def log_level_arg(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown log level {text!r} (from --log-level or LOG_LEVEL): "
+                                         f"use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def add_log_level_arg(group: argparse._ActionsContainer) -> None:
+    # a string default goes through `type` too, so a bad LOG_LEVEL is a usage error (exit 2)
+    group.add_argument("--log-level", type=log_level_arg, default=os.environ.get("LOG_LEVEL") or "info",
+                       metavar="{" + ",".join(LOG_LEVELS) + "}", help="log level [LOG_LEVEL, default info]")
+
+
+def add_service_timeout_arg(parser: argparse._ActionsContainer, *, default: str, aliases: tuple[str, ...] = ()
+                            ) -> None:
+    """How long a command retries a service that does not answer before it gives up with
+    exit code 3 (docs/operations.md); 0 or `forever`: never give up."""
+    parser.add_argument("--service-timeout", *aliases, type=service_timeout_arg, default=default,
+                        metavar="DURATION",
+                        help="give up (exit 3) when Kafka, Postgres or ClickHouse stays unreachable this long, "
+                             f"0 or 'forever' = retry forever, logging each failure (default {default})")
+
+
+def service_timeout_arg(text: str) -> float | None:
+    """A duration; None = retry forever."""
+    if text.strip().lower() in ("forever", "inf", "none"):
+        return None
+    value = duration_arg(text)
+    return value or None
 
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20  # contract §2: a larger input value is invalid
@@ -143,45 +212,17 @@ def lateness_flags(args: argparse.Namespace) -> LatenessFlags:
 
 
 def service_settings(args: argparse.Namespace) -> ServiceSettings:
+    """The settings of add_service_args' flags; a setting the command has no flag for keeps
+    its environment default (never used by that command, never logged by it)."""
     return ServiceSettings(
-        kafka_bootstrap_servers=args.bootstrap_servers,
-        database_url=args.database_url,
-        clickhouse_url=args.clickhouse_url,
-        events_topic=args.events_topic,
-        dlq_topic=args.dlq_topic,
-        pipeline_id=args.pipeline_id,
+        kafka_bootstrap_servers=getattr(args, "bootstrap_servers", None) or env("KAFKA_BOOTSTRAP_SERVERS"),
+        database_url=getattr(args, "database_url", None) or env("DATABASE_URL"),
+        clickhouse_url=getattr(args, "clickhouse_url", None) or env("CLICKHOUSE_URL"),
+        events_topic=getattr(args, "events_topic", None) or env("EVENTS_TOPIC"),
+        dlq_topic=getattr(args, "dlq_topic", None) or env("DLQ_TOPIC"),
+        pipeline_id=getattr(args, "pipeline_id", None) or env("PIPELINE_ID"),
+        uses=getattr(args, "_uses", SERVICES),
     )
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of a URL so it can be logged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def psycopg_conninfo(url: str) -> str:
-    """psycopg takes postgresql://; the SQLAlchemy form postgresql+psycopg:// is accepted too."""
-    for prefix in ("postgresql+psycopg://", "postgres+psycopg://"):
-        if url.startswith(prefix):
-            return "postgresql://" + url[len(prefix):]
-    return url
-
-
-def sqlalchemy_url(url: str) -> str:
-    url = psycopg_conninfo(url)
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
 
 
 # ---- argument types -------------------------------------------------------

@@ -3,35 +3,117 @@ end offsets, topic identity."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.core.errors import FatalError, RetryableError
+from app.core.errors import FatalError, KafkaUnreachable, RetryableError
+from app.core.retry import retry_call, service_timeout
 
 log = structlog.get_logger("kafka")
 
 _last_logged: dict[str, float] = {}
 
+# librdkafka settings from KAFKA_CONFIG_* / --kafka-config (app/core/kafka_settings.py): SASL,
+# TLS, ... for a secured cluster. Set once by the command's entry point (`use_client_settings`)
+# and applied to every client this process creates, over the defaults below.
+_client_settings: dict[str, str] = {}
 
-def _error_cb(err: KafkaError) -> None:
-    """librdkafka retries connections itself; say so once per error kind per 10 s instead of
-    one line per attempt."""
-    key = str(err.code())
-    now = time.monotonic()
-    if now - _last_logged.get(key, -1e9) >= 10.0:
-        _last_logged[key] = now
-        log.warning("kafka_unavailable_retrying", error=err.str(), code=err.name(), fatal=err.fatal())
+# Outage bookkeeping for --service-timeout: librdkafka reconnects by itself and reports each
+# failed attempt through error_cb (_TRANSPORT on every failed reconnect; _ALL_BROKERS_DOWN
+# when every broker it knows is down, sometimes again while they stay down, sometimes not).
+# An outage lasts while those reports keep coming less than _ALL_DOWN_GAP_S apart; and, as
+# they need not repeat, a consumer also watches its own statistics (_stats_cb). One broker of
+# several down never reports _ALL_BROKERS_DOWN and leaves others UP: no outage.
+_ALL_DOWN_GAP_S = 30.0
+_outage: dict[str, float] = {}  # since, last: the current outage
+_RECONNECTING = frozenset({"DOWN", "TRY_CONNECT", "CONNECT"})
+
+
+def use_client_settings(settings: dict[str, str]) -> None:
+    _client_settings.clear()
+    _client_settings.update(settings)
+
+
+def _error_cb(bootstrap: str) -> Callable[[KafkaError], None]:
+    def on_error(err: KafkaError) -> None:
+        """librdkafka retries connections itself; say so once per error kind per 10 s instead
+        of one line per attempt, naming the brokers. Past --service-timeout of continuous
+        connection errors, give up: raised here, the error leaves the client's poll/consume."""
+        now = time.monotonic()
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not _outage or now - _outage["last"] > _ALL_DOWN_GAP_S:
+                _outage["since"] = now
+            _outage["last"] = now
+            timeout = service_timeout()
+            if timeout is not None and now - _outage["since"] > timeout:
+                raise KafkaUnreachable(f"Kafka unreachable at {bootstrap}: every broker down for "
+                                         f"{now - _outage['since']:.0f}s (--service-timeout {timeout:g}s)")
+        key = str(err.code())
+        if now - _last_logged.get(key, -1e9) >= 10.0:
+            _last_logged[key] = now
+            log.warning("kafka_unavailable_retrying", bootstrap=bootstrap, error=err.str(), code=err.name(),
+                        fatal=err.fatal())
+    return on_error
+
+
+def _stats_cb(bootstrap: str) -> Callable[[str], None]:
+    """One consumer's own outage detector, from its statistics: the consumer always holds
+    connections (fetches, its group coordinator), so none UP and some being reconnected for
+    longer than the timeout is an outage whether or not librdkafka repeated _ALL_BROKERS_DOWN;
+    any broker UP ends it (one broker of several down never does this); idle handles (INIT)
+    say nothing. Its own state: another client's view never clears this one's."""
+    down_since: list[float] = []
+
+    def on_stats(stats_json: str) -> None:
+        states = {b.get("state") for b in json.loads(stats_json).get("brokers", {}).values()}
+        now = time.monotonic()
+        if "UP" in states:
+            down_since.clear()
+        elif states & _RECONNECTING:
+            if not down_since:
+                down_since.append(now)
+            timeout = service_timeout()
+            if timeout is not None and now - down_since[0] > timeout:
+                raise KafkaUnreachable(f"Kafka unreachable at {bootstrap}: no broker up for "
+                                         f"{now - down_since[0]:.0f}s (--service-timeout {timeout:g}s)")
+    return on_stats
 
 
 def _quiet(cfg: dict[str, object]) -> dict[str, object]:
     # librdkafka's own log lines are replaced by _error_cb's rate-limited ones
+    cfg.update(_client_settings)
     cfg.setdefault("log_level", 0)
-    cfg.setdefault("error_cb", _error_cb)
+    cfg.setdefault("error_cb", _error_cb(str(cfg.get("bootstrap.servers", "?"))))
     return cfg
+
+
+def client_config(bootstrap: str, **extra: object) -> dict[str, object]:
+    """A plain client's settings (an AdminClient, a reader of its own): the bootstrap servers,
+    this process's librdkafka settings and the rate-limited error log."""
+    return _quiet({"bootstrap.servers": bootstrap, **extra})
+
+
+def wait_until_reachable(bootstrap: str, *, should_stop: Callable[[], bool] = lambda: False,
+                         probe_timeout_s: float = 1.5) -> None:
+    """Before a command starts its work: a metadata request answered within probe_timeout_s,
+    else one `service_retry` line naming the brokers (within ~2 s of start), then backoff
+    (until --service-timeout, if any)."""
+    client = admin(bootstrap)
+
+    def probe() -> None:
+        try:
+            md = client.list_topics(timeout=probe_timeout_s)
+        except KafkaException as e:
+            raise RetryableError(f"Kafka unreachable at {bootstrap}: {e.args[0].str() if e.args else e}") from e
+        if not md.brokers:
+            raise RetryableError(f"Kafka at {bootstrap} answered without brokers")
+    retry_call(probe, what="kafka_connect", should_stop=should_stop)
 
 
 def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str, object]:
@@ -50,6 +132,9 @@ def consumer_config(bootstrap: str, group_id: str, **extra: object) -> dict[str,
         "reconnect.backoff.max.ms": 5000,
     }
     cfg.update(extra)
+    if service_timeout() is not None:  # the consumer is polled all the time: see _stats_cb
+        cfg.setdefault("statistics.interval.ms", 1000)
+        cfg.setdefault("stats_cb", _stats_cb(bootstrap))
     return _quiet(cfg)
 
 
@@ -72,7 +157,7 @@ def producer_config(bootstrap: str, **extra: object) -> dict[str, object]:
 
 
 def admin(bootstrap: str) -> AdminClient:
-    return AdminClient(_quiet({"bootstrap.servers": bootstrap}))
+    return AdminClient(client_config(bootstrap))
 
 
 def broker_count(client: AdminClient, timeout_s: float = 10.0) -> int:

@@ -13,6 +13,7 @@ from confluent_kafka.admin import AdminClient
 
 from app.core.config import ServiceSettings, psycopg_conninfo
 from app.core.health import HEALTH, Health
+from app.core.kafka import client_config
 
 TIMEOUT_S: Final = 2
 
@@ -33,8 +34,9 @@ def kafka_probe(bootstrap: str, topic: str) -> Callable[[], None]:
 
     def probe() -> None:
         if not admin:
-            admin.append(AdminClient({"bootstrap.servers": bootstrap, "log_level": 0,
-                                      "error_cb": lambda _e: None}))
+            # the operator's librdkafka settings too (SASL / TLS); quiet, and outside the
+            # process's --service-timeout bookkeeping: a probe only reports
+            admin.append(AdminClient(client_config(bootstrap, log_level=0, error_cb=lambda _e: None)))
         try:
             admin[0].list_topics(topic=topic, timeout=TIMEOUT_S)
         except KafkaException as e:

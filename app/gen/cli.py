@@ -13,7 +13,7 @@ from app.core.config import (
     ServiceSettings,
     add_runtime_args,
     add_service_args,
-    duration_arg,
+    add_service_timeout_arg,
     duration_ms_arg,
     fraction_arg,
     non_negative_int_arg,
@@ -46,6 +46,7 @@ class GenArgs:
     metrics_port: int
     metrics_host: str
     log_level: str
+    namespace: argparse.Namespace   # as parsed: what start_command reads
 
 
 def _float_arg(minimum: float, *, inclusive: bool) -> type[float]:
@@ -101,7 +102,9 @@ def build_parser() -> ArgumentParser:
                "--late-fraction --out-of-order-spread --invalid-fraction --start-time --event-time-rate "
                "(whose default follows --rate: pass it explicitly to compare runs at different rates). "
                "Send flags (they never change the records): --rate --burst --partitions, service and "
-               "runtime flags.",
+               "runtime flags. Exit status (docs/operations.md): 0 done or stopped by SIGTERM/SIGINT after "
+               "flushing; 1 a record not acknowledged by Kafka; 2 usage or configuration; 3 Kafka unreachable "
+               "past --service-timeout.",
     )
     d = p.add_argument_group("data (deterministic)")
     d.add_argument("--seed", type=non_negative_int_arg, default=42, help="random seed (default %(default)s)")
@@ -137,10 +140,8 @@ def build_parser() -> ArgumentParser:
                         "from 60 s into the run for 30 s (durations accept ms/s/m/h); needs --rate > 0")
     s.add_argument("--partitions", type=positive_int_arg, default=8,
                    help="partitions of the events topic if it has to be created (default %(default)s)")
-    s.add_argument("--connect-timeout", type=duration_arg, default="5m", metavar="DURATION",
-                   help="give up (exit 1) if Kafka stays unreachable this long; 0 = never "
-                        "(default %(default)s)")
-    add_service_args(p)
+    add_service_timeout_arg(s, default="5m", aliases=("--connect-timeout",))
+    add_service_args(p, uses=frozenset({"kafka", "events_topic"}))
     add_runtime_args(p, metrics_port=0)
     return p
 
@@ -161,6 +162,6 @@ def parse_args(argv: Sequence[str] | None = None) -> GenArgs:
         parser.error(str(e))
     settings = service_settings(a)
     plan = SendPlan(topic=settings.events_topic, partitions=a.partitions, rate=a.rate, bursts=a.burst,
-                    connect_timeout_s=a.connect_timeout)
+                    connect_timeout_s=a.service_timeout or 0.0)
     return GenArgs(spec=spec, plan=plan, settings=settings, metrics_port=a.metrics_port,
-                   metrics_host=a.metrics_host, log_level=a.log_level)
+                   metrics_host=a.metrics_host, log_level=a.log_level, namespace=a)

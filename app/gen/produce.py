@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient
 
 from app.core import health
 from app.core.errors import FatalError, RetryableError
-from app.core.kafka import ensure_topic, producer_config
+from app.core.kafka import admin, ensure_topic, producer_config
 from app.core.metrics import GEN_BEHIND, GEN_EVENTS
 from app.core.retry import Backoff, retry_call
 from app.gen.cli import SendPlan
@@ -140,7 +139,7 @@ def _send(producer: Producer, topic: str, records: list[tuple[bytes, bytes]], st
 def _probe(bootstrap: str, timeout_s: float) -> None:
     """One metadata round trip. Quiet on purpose: librdkafka would print a line per reconnect
     (every ~50 ms) while the broker is down; retry_call logs one line per attempt instead."""
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    client = admin(bootstrap)  # with the operator's librdkafka settings (KAFKA_CONFIG_*)
     try:
         client.list_topics(timeout=timeout_s)
     except KafkaException as e:

@@ -9,11 +9,22 @@ from pathlib import Path
 
 import structlog
 
+from app.core.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    StopSignals,
+    fail,
+    metrics_port,
+    package_version,
+)
 from app.core.config import (
     ArgumentParser,
     add_lateness_args,
     add_runtime_args,
     add_service_args,
+    add_service_timeout_arg,
     duration_arg,
     duration_ms_arg,
     lateness_flags,
@@ -21,13 +32,23 @@ from app.core.config import (
     positive_int_arg,
     service_settings,
 )
-from app.core.errors import FatalError, PipelineError, PipelineMismatch, RetryableError
+from app.core.errors import (
+    ConfigurationError,
+    FatalError,
+    KafkaUnreachable,
+    PipelineError,
+    RetryableError,
+    ServiceUnavailable,
+)
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
 from app.core.health import HEALTH
-from app.core.logging import configure_logging
+from app.core.kafka import wait_until_reachable
 from app.core.probes import watch_services
+from app.core.retry import retry_call
 from app.core.serve import serve_metrics
+from app.core.startup import start_command
+from app.ledger.schema_check import require_migrated
 from app.processor.config import ProcessorConfig
 from app.processor.engine import Processor
 from app.processor.leveldb_store import LevelDBOptions
@@ -44,12 +65,16 @@ rules pinned to the pipeline id (contract §2, §3; docs/watermarks.md):
   still hold the ledger's next offset: records deleted before they were read, a topic
   deleted and created again, or added partitions stop the processor (exit 2).
 
-exit status:
+exit status (docs/operations.md, the same table for every command):
   0  stopped: --until-end reached, or SIGTERM/SIGINT
   1  failed: an invariant broke, a fatal Kafka error or an unexpected error
-  2  usage error, rules other than the pipeline's pinned ones, or an input log that is
-     not the one the ledger read (records lost, topic recreated, partitions added)
+  2  usage or configuration: bad flags or LOG_LEVEL, a metrics port in use, an unmigrated
+     ledger, Postgres refusing the credentials, rules other than the pipeline's pinned
+     ones, or an input log that is not the one the ledger read (records lost, topic
+     recreated, partitions added)
+  3  Kafka or Postgres unreachable past --service-timeout (default: retry forever)
 """
+PROG = "processor"
 def positive_duration_arg(text: str) -> float:
     value = duration_arg(text)
     if value <= 0:
@@ -69,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "error the processor commits nothing more and exits 1; SIGTERM stops it\n"
                                    "within seconds, also while a service is down (exit 0).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_service_args(p)
+    add_service_args(p, uses=frozenset({"kafka", "database", "events_topic", "dlq_topic", "pipeline_id"}))
+    add_service_timeout_arg(p, default="forever")
     add_lateness_args(p, "windows and watermark")
     b = p.add_argument_group("checkpoints and batches")
     b.add_argument("--batch-max-wait", type=duration_arg, default=1.0, metavar="DURATION",
@@ -126,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    start_command(PROG, args)
     arm_faults(args.fault_injection, command="processor")
     log = structlog.get_logger("processor")
     flags = lateness_flags(args)
@@ -145,34 +171,59 @@ def main(argv: list[str] | None = None) -> int:
                                                  write_buffer_bytes=args.state_write_buffer_mb << 20,
                                                  cache_windows=args.state_cache_windows),
                           snapshot_chunk_rows=args.snapshot_chunk_rows)
-    serve_metrics(args.metrics_port, args.metrics_host, stage="processor", pipeline_id=cfg.services.pipeline_id)
+    with metrics_port(PROG, args.metrics_port, args.metrics_host):
+        serve_metrics(args.metrics_port, args.metrics_host, stage="processor",
+                      pipeline_id=cfg.services.pipeline_id)
     processor = None
+    s = cfg.services
+    log.info("processor_starting", version=package_version(), service_timeout_s=args.service_timeout,
+             **s.masked())
+    if args.metrics_port:  # before the services are waited for: not ready while they are down
+        watch_services(cfg.services)
+        HEALTH.add_condition("owns_partitions", lambda: bool(processor is not None and processor.owned))
     try:
+        # the services first: an unmigrated ledger or a wrong broker address is one line within
+        # seconds, before anything is consumed
+        with StopSignals() as stop:
+            try:
+                retry_call(lambda: require_migrated(s.database_url), what="postgres_ledger_schema",
+                           should_stop=stop)
+                wait_until_reachable(s.kafka_bootstrap_servers, should_stop=stop)
+            except RetryableError as e:
+                if not stop():
+                    raise
+                log.info("processor_stopped", final_checkpoint=False, reason=f"{stop.requested} while waiting: {e}")
+                return EXIT_OK
         processor = Processor(cfg)
-        if args.metrics_port:
-            watch_services(cfg.services)
-            HEALTH.add_condition("owns_partitions", lambda: bool(processor is not None and processor.owned))
         return processor.run()
-    except PipelineMismatch as e:  # before FatalError: it is one; an operator decision, like a bad flag
-        sys.stdout.flush()
-        sys.stderr.write(f"processor: error: {e}\n")
-        return 2
+    except ConfigurationError as e:  # pinned rules, input log, unmigrated ledger: an operator decision
+        log.error("processor_config_error", error=str(e))
+        return fail(PROG, str(e), EXIT_USAGE)
     except FatalError as e:
         log.error("processor_fatal", error=str(e))
-        return 1
+        return EXIT_FAILED
     except RetryableError as e:
         if processor is not None and processor.stopping:
             # stopped while starting against a service that is down: nothing was processed
             log.info("processor_stopped", final_checkpoint=False, reason=f"{type(e).__name__}: {e}")
-            return 0
+            return EXIT_OK
+        if isinstance(e, ServiceUnavailable):
+            log.error("processor_gave_up", error=str(e))
+            code = fail(PROG, str(e), EXIT_UNAVAILABLE)
+            if isinstance(e, KafkaUnreachable):
+                # the consumer was left open (Processor._close): its destructor at exit would
+                # wait on the unreachable group coordinator just like close()
+                sys.stdout.flush()
+                os._exit(code)
+            return code
         log.error("processor_failed", error=f"{type(e).__name__}: {e}")
-        return 1
+        return EXIT_FAILED
     except PipelineError as e:
         log.error("processor_failed", error=f"{type(e).__name__}: {e}")
-        return 1
+        return EXIT_FAILED
     except Exception as e:  # an unexpected error: one clear line (and the trace), exit 1
         log.exception("processor_failed", error=f"{type(e).__name__}: {e}")
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

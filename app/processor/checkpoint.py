@@ -27,6 +27,10 @@ after each, what a crash leaves and what the next owner replays:
    before it is published: the previous snapshot stays the restore base, and the orphan
    chunks are deleted by the next publish.
 
+6. advisory, after the commit point and apart from it: the committed next offsets are
+   published to the Kafka consumer group (processor/group_offsets.py) for Kafka's lag
+   tools. Never read back: a crash before or after it changes nothing the pipeline reads.
+
 After an error anywhere in the processing path nothing commits any more (`failed()`): not
 from the loop, not from the revoke callback while the consumer closes, because the
 in-memory state may be ahead of what was applied.
@@ -48,6 +52,7 @@ from app.ledger.ledger import Checkpoint, Ledger, PartitionAdvance, PartitionFen
 from app.processor.batch import tables_by_kind
 from app.processor.config import ProcessorConfig
 from app.processor.dlq import DeadLetters
+from app.processor.group_offsets import GroupOffsets
 from app.processor.ownership import Ownership
 from app.processor.partition import OwnedPartition
 from app.processor.settled import settled_totals
@@ -60,7 +65,7 @@ log = structlog.get_logger("processor")
 class Checkpointer:
     def __init__(self, cfg: ProcessorConfig, ledger: Ledger, dlq: DeadLetters, ownership: Ownership,
                  snapshots: Snapshots, *, failed: Callable[[], BaseException | None],
-                 should_stop: Callable[[], bool]) -> None:
+                 should_stop: Callable[[], bool], group_offsets: GroupOffsets | None = None) -> None:
         self.cfg = cfg
         self.ledger = ledger
         self.dlq = dlq
@@ -68,6 +73,7 @@ class Checkpointer:
         self.snapshots = snapshots
         self.failed = failed
         self.should_stop = should_stop
+        self.group_offsets = group_offsets
         self.last_commit_s = time.monotonic()
         self.dirty_estimate = 0          # windows folded since the last checkpoint (upper bound)
         self._counted = 0                # dirty_estimate when it was last made exact
@@ -84,7 +90,7 @@ class Checkpointer:
         return self.dirty_estimate >= self.cfg.batch_rows
 
     def commit(self) -> None:
-        """Steps 0-5 of the module docstring; nothing at all after an error."""
+        """Steps 0-6 of the module docstring; nothing at all after an error."""
         failed = self.failed()
         if failed is not None:
             log.warning("checkpoint_refused_after_error", error=f"{type(failed).__name__}: {failed}")
@@ -157,6 +163,10 @@ class Checkpointer:
         for a in advances:
             self.snapshots.start_if_due(owned[a.partition], result.checkpoint_id, now)
         steps.lap("snapshot")
+        # 6. advisory: the group's offsets for Kafka's lag tools, never read back
+        if self.group_offsets is not None:
+            self.group_offsets.publish(advances)
+            steps.lap("group_offsets")
         metrics.CHECKPOINTS.labels(source="live").inc()
         metrics.CHECKPOINT_SECONDS.observe(result.seconds)
         metrics.count_folded(cp.records, dlq_counts)  # once per process: a landed retry was not counted yet

@@ -28,7 +28,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from app.core import health, metrics
-from app.core.errors import FatalError, RetryableError
+from app.core.errors import FatalError, KafkaUnreachable, RetryableError
 from app.core.kafka import consumer_config, end_offsets, ensure_topic
 from app.core.retry import retry_call
 from app.ledger import until_end
@@ -37,6 +37,7 @@ from app.processor.backpressure import Backpressure
 from app.processor.checkpoint import Checkpointer
 from app.processor.config import ProcessorConfig
 from app.processor.dlq import DeadLetters, PartitionDeadLetters
+from app.processor.group_offsets import GroupOffsets
 from app.processor.log_guard import LogGuard, rules_of
 from app.processor.ownership import Ownership
 from app.processor.partition import OwnedPartition
@@ -86,7 +87,8 @@ class Processor:
         self.snapshots = Snapshots(cfg, self.ledger, self.ownership.owned, self.ownership.release,
                                    self._should_stop)
         self.checkpointer = Checkpointer(cfg, self.ledger, self.dlq, self.ownership, self.snapshots,
-                                         failed=lambda: self.failed, should_stop=self._should_stop)
+                                         failed=lambda: self.failed, should_stop=self._should_stop,
+                                         group_offsets=GroupOffsets(self.consumer, s.events_topic))
         self.backpressure = Backpressure(cfg, self.ledger, self.consumer, self.ownership, self._should_stop)
         self.end_offsets: dict[int, int] = {}
         self._last_end_check = 0.0
@@ -193,8 +195,14 @@ class Processor:
 
     def _close(self) -> None:
         try:
-            # revokes: the revoke callback commits what is done, or nothing after an error
-            self.consumer.close()
+            if isinstance(self.failed, KafkaUnreachable):
+                # close() would wait on the unreachable coordinator for minutes; nothing is
+                # committed after an error anyway, and the group drops this member after its
+                # session timeout (the command then exits without running the destructor)
+                log.warning("consumer_not_closed", reason="Kafka unreachable")
+            else:
+                # revokes: the revoke callback commits what is done, or nothing after an error
+                self.consumer.close()
         except Exception as e:  # noqa: BLE001 - shutting down: say what failed, release the rest
             # (an error in our revoke callback has already put us in the failed state)
             log.warning("consumer_close_failed", error=f"{type(e).__name__}: {e}")

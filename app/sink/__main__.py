@@ -9,22 +9,35 @@ import structlog
 
 from app.clickhouse.client import raise_fatal_on_bad_url
 from app.clickhouse.errors import ClickHouseRejected
+from app.core.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    StopSignals,
+    fail,
+    metrics_port,
+    package_version,
+)
 from app.core.config import (
     ArgumentParser,
     add_runtime_args,
     add_service_args,
+    add_service_timeout_arg,
     duration_arg,
     fraction_arg,
     non_negative_int_arg,
     positive_int_arg,
     service_settings,
 )
-from app.core.errors import FatalError, PipelineError
+from app.core.errors import ConfigurationError, FatalError, PipelineError, RetryableError, ServiceUnavailable
 from app.core.faults import add_fault_injection_arg
 from app.core.faults import arm as arm_faults
-from app.core.logging import configure_logging
 from app.core.probes import watch_services
+from app.core.retry import retry_call
 from app.core.serve import serve_metrics
+from app.core.startup import start_command
+from app.ledger.schema_check import require_migrated
 from app.sink.faults import FAULT_MODES, FaultyWriter, InsertFaultPlan
 from app.sink.groups import GroupPolicy
 from app.sink.loop import DEFAULT_INSERT_BLOCK_ROWS, Sink, SinkConfig
@@ -32,13 +45,27 @@ from app.sink.proof import DEFAULT_CHECK_SAMPLE_RATE
 from app.sink.reconcile import ReconcilePolicy, Reconciler
 from app.sink.writer import ClickHouseWriter, RollupWriter
 
+PROG = "sink"
+EPILOG = """\
+exit status (docs/operations.md, the same table for every command):
+  0  stopped: --until-idle done, or SIGTERM/SIGINT
+  1  failed: ClickHouse rejected an insert for good (e.g. an incompatible table), an
+     invariant broke, or an unexpected error; the open group is resumed unchanged next run
+  2  usage or configuration: bad flags or LOG_LEVEL, a metrics port in use, an unmigrated
+     ledger, Postgres or ClickHouse refusing the credentials or the database
+  3  Postgres or ClickHouse unreachable past --service-timeout (default: retry forever)
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m app.sink",
-                       description="Coalesce unacknowledged ledger batches into large ClickHouse inserts, each "
-                                   "recorded in the ledger with its deterministic dedup token before it is sent, "
-                                   "then acknowledge them (docs/sink.md).")
-    add_service_args(p)
+                       description="Coalesce unacknowledged ledger batches into large ClickHouse inserts, each\n"
+                                   "recorded in the ledger with its deterministic dedup token before it is sent,\n"
+                                   "then acknowledge them (docs/sink.md). ClickHouse is connected and its tables\n"
+                                   "created or migrated at start, whether or not anything is pending.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_service_args(p, uses=frozenset({"database", "clickhouse", "events_topic", "pipeline_id"}))
+    add_service_timeout_arg(p, default="forever")
     p.add_argument("--until-idle", action="store_true",
                    help="exit once no batch is pending and the processor finished its --until-end run")
     b = p.add_argument_group("insert size")
@@ -90,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                              seed=args.fail_insert_seed, mode=args.fail_insert_mode)
     if faults.enabled and not args.fault_injection:
         parser.error("--fail-insert-every / --fail-insert-probability need --fault-injection")
-    configure_logging(args.log_level)
+    start_command(PROG, args)
     arm_faults(args.fault_injection, command="sink")
     log = structlog.get_logger("sink")
     settings = service_settings(args)
@@ -99,11 +126,23 @@ def main(argv: list[str] | None = None) -> int:
                                         min_rows=args.batch_min_rows),
                      insert_block_rows=args.insert_block_rows, async_insert=args.async_insert,
                      check_sample_rate=args.check_sample_rate)
+    log.info("sink_starting", version=package_version(), service_timeout_s=args.service_timeout,
+             **settings.masked())
     try:
         raise_fatal_on_bad_url(settings.clickhouse_url)
-        serve_metrics(args.metrics_port, args.metrics_host, stage="sink", pipeline_id=settings.pipeline_id)
+        with metrics_port(PROG, args.metrics_port, args.metrics_host):
+            serve_metrics(args.metrics_port, args.metrics_host, stage="sink", pipeline_id=settings.pipeline_id)
         if args.metrics_port:
             watch_services(settings, kafka=False)  # the sink reads only the ledger and writes ClickHouse
+        with StopSignals() as stop:
+            try:  # ClickHouse is connected and migrated first thing in Sink.run
+                retry_call(lambda: require_migrated(settings.database_url), what="postgres_ledger_schema",
+                           should_stop=stop)
+            except RetryableError as e:
+                if not stop():
+                    raise
+                log.info("sink_stopped", reason=f"{stop.requested} while waiting: {e}")
+                return EXIT_OK
         clickhouse = ClickHouseWriter(settings.clickhouse_url)
         writer: RollupWriter = clickhouse
         if faults.enabled:
@@ -115,13 +154,19 @@ def main(argv: list[str] | None = None) -> int:
         return Sink(cfg, writer, reconcile=reconcile).run()
     except ClickHouseRejected as e:  # a wrong password (2), an incompatible table (1): retrying cannot help
         log.error("sink_fatal", error=str(e), code=e.code, exit_code=e.exit_code)
-        return e.exit_code
+        return fail(PROG, str(e), e.exit_code)
+    except ConfigurationError as e:
+        log.error("sink_config_error", error=str(e))
+        return fail(PROG, str(e), EXIT_USAGE)
     except FatalError as e:
         log.error("sink_fatal", error=str(e))
-        return 1
+        return fail(PROG, str(e), EXIT_FAILED)
+    except ServiceUnavailable as e:
+        log.error("sink_gave_up", error=str(e))
+        return fail(PROG, str(e), EXIT_UNAVAILABLE)
     except PipelineError as e:
         log.error("sink_failed", error=f"{type(e).__name__}: {e}")
-        return 1
+        return fail(PROG, f"{type(e).__name__}: {e}", EXIT_FAILED)
 
 
 if __name__ == "__main__":

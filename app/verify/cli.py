@@ -11,9 +11,9 @@ process (final_export.py)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,12 +24,21 @@ import structlog
 
 from app.clickhouse.client import raise_fatal_on_bad_url
 from app.clickhouse.schema import TABLE_OF_KIND
+from app.core.cli import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    fail,
+    metrics_port,
+)
 from app.core.config import (
     ArgumentParser,
     add_lateness_args,
     add_runtime_args,
     add_service_args,
-    duration_arg,
+    add_service_timeout_arg,
     lateness_flags,
     mask_url,
     non_negative_int_arg,
@@ -37,10 +46,11 @@ from app.core.config import (
     psycopg_conninfo,
     service_settings,
 )
-from app.core.errors import FatalError, RetryableError, ServiceLocked
-from app.core.logging import configure_logging
+from app.core.errors import FatalError, RetryableError, ServiceLocked, ServiceUnavailable
+from app.core.postgres import connect_error
 from app.core.retry import retry_call
 from app.core.serve import serve_metrics
+from app.core.startup import start_command
 from app.verify.compare import read_ledger_dlq, read_ledger_positions
 from app.verify.dlq_topic import read_dlq_topic
 from app.verify.final_export import PipelineFinal
@@ -52,23 +62,24 @@ from app.verify.truth import Classifier, Rules, gc_paused
 
 log = structlog.get_logger("verify")
 
-EXIT_EXACT = 0
-EXIT_MISMATCH = 1
-EXIT_USAGE = 2  # bad flags, missing topic or ledger schema, input removed by retention
-EXIT_LOCKED = 3  # the embedded ClickHouse path is held by another process (the sink)
-EXIT_UNAVAILABLE = 4  # could not finish: a service unreachable after retries, or an unexpected error
+PROG = "verify"
+EXIT_EXACT = EXIT_OK
+EXIT_MISMATCH = EXIT_FAILED
 
 T = TypeVar("T")
 
 EPILOG = """\
-exit status:
+exit status (docs/operations.md, the same table for every command):
   0  EXACT: every rollup key, every DLQ count and every DLQ record identity equals the ground
      truth, and no account has valid events in more than one partition
-  1  MISMATCH: at least one difference (the summary lists them)
-  2  usage error, missing topic or ledger schema, or input removed by retention
-  3  the embedded ClickHouse path is in use (stop the sink first)
-  4  could not finish: Kafka, Postgres or ClickHouse unreachable after --service-timeout
-     of retries, or an unexpected error (never 1, so a crash is not read as a mismatch)
+  1  MISMATCH: at least one difference (the summary lists them and ends with the verdict
+     MISMATCH); or verify itself failed with an unexpected error (a `verify: error:` line,
+     no verdict): either way the pipeline is not shown exact
+  2  usage or configuration: bad flags, missing topic or ledger schema, input removed by
+     retention, refused credentials
+  3  could not finish: Kafka, Postgres or ClickHouse unreachable past --service-timeout, or
+     the embedded ClickHouse path in use (stop the sink first)
+  130 interrupted (SIGINT)
 """
 
 
@@ -82,7 +93,7 @@ def build_parser() -> ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_service_args(parser)
+    add_service_args(parser)  # every service: verify reads them all
     add_lateness_args(parser, "rules (must match the processor's)")
     o = parser.add_argument_group("output")
     o.add_argument("--max-diffs", type=non_negative_int_arg, default=20, metavar="N",
@@ -98,8 +109,7 @@ def build_parser() -> ArgumentParser:
                    help="aggregation state past which verify's ClickHouse spills to disk instead of growing "
                         "(default %(default)s; measured peaks with 2M keys: 0.85 GiB at 128, 1.1 GiB at 512)")
     r = parser.add_argument_group("retries")
-    r.add_argument("--service-timeout", type=duration_arg, default=30.0, metavar="DURATION",
-                   help="how long to retry an unreachable Kafka / Postgres / ClickHouse server (default 30s)")
+    add_service_timeout_arg(r, default="30s")
     add_runtime_args(parser, metrics_port=0)
     return parser
 
@@ -112,38 +122,33 @@ def rules_from_args(args: argparse.Namespace) -> Rules:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
-    serve_metrics(args.metrics_port, args.metrics_host, stage="verify")
+    start_command(PROG, args)
+    if args.service_timeout is None:
+        args.service_timeout = math.inf
+    with metrics_port(PROG, args.metrics_port, args.metrics_host):
+        serve_metrics(args.metrics_port, args.metrics_host, stage="verify")
     # SIGTERM unwinds like Ctrl-C, so the work directory and the reader process go with it.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with gc_paused():  # see gc_paused: classifying allocates many short-lived objects, no cycles
             return _run(args)
     except ServiceLocked as e:  # before FatalError: it is one
-        _error(str(e))
-        return EXIT_LOCKED
+        return fail(PROG, str(e), EXIT_UNAVAILABLE)
     except FatalError as e:
-        _error(str(e))
-        return EXIT_USAGE
+        return fail(PROG, str(e), EXIT_USAGE)
+    except ServiceUnavailable as e:
+        return fail(PROG, str(e), EXIT_UNAVAILABLE)
     except RetryableError as e:
-        _error(f"gave up after {args.service_timeout:.0f}s of retries: {e}")
-        return EXIT_UNAVAILABLE
+        return fail(PROG, f"gave up after {args.service_timeout:g}s of retries: {e}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
-    except Exception as e:  # a crash must not exit 1, which means MISMATCH
+        return fail(PROG, "interrupted", EXIT_INTERRUPTED)
+    except Exception as e:  # no verdict is printed: the `verify: error:` line says it did not finish
         log.exception("verify_failed")
-        _error(f"unexpected {type(e).__name__}: {e}")
-        return EXIT_UNAVAILABLE
+        return fail(PROG, f"unexpected {type(e).__name__}: {e}", EXIT_FAILED)
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _error(message: str) -> None:
-    sys.stdout.flush()
-    sys.stderr.write(f"verify: error: {message}\n")
 
 
 def _retry(fn: Callable[[], T], what: str, timeout_s: float) -> T:
@@ -247,8 +252,8 @@ def _pg_connect(url: str) -> psycopg.Connection[Any]:
     try:
         # autocommit: verify only reads, and must not hold a transaction open while it works.
         return psycopg.connect(psycopg_conninfo(url), connect_timeout=5, autocommit=True)
-    except psycopg.OperationalError as e:
-        raise RetryableError(f"Postgres unreachable at {mask_url(url)}: {e}") from e
+    except psycopg.OperationalError as e:  # refused credentials or database: exit 2; else retried
+        raise connect_error(e, url) from e
 
 
 def _ledger(fn: Callable[[], T]) -> T:
