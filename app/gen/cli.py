@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.core.config import (
@@ -49,7 +49,7 @@ class GenArgs:
     namespace: argparse.Namespace   # as parsed: what start_command reads
 
 
-def _float_arg(minimum: float, *, inclusive: bool) -> type[float]:
+def _float_arg(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text.replace("_", ""))
@@ -59,10 +59,10 @@ def _float_arg(minimum: float, *, inclusive: bool) -> type[float]:
         if not ok:
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum:g}: {text!r}")
         return value
-    return parse  # type: ignore[return-value]
+    return parse
 
 
-def _bounded_int_arg(low: int, high: int) -> type[int]:
+def _bounded_int_arg(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text.replace("_", ""))
@@ -71,7 +71,7 @@ def _bounded_int_arg(low: int, high: int) -> type[int]:
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be within [{low}, {high}]: {text!r}")
         return value
-    return parse  # type: ignore[return-value]
+    return parse
 
 
 def _start_time_arg(text: str) -> int:

@@ -56,8 +56,9 @@ class _Worker:
                 self.tables.put(table, timeout=_PUT_WAIT_S)
                 return
             except queue.Full:
-                if failed() is not None:
-                    raise failed() from None  # type: ignore[misc]
+                error = failed()
+                if error is not None:
+                    raise error from None
 
 
 def rebuild(ledger: Ledger, stores: Mapping[int, WindowStore],

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Final, Self
+from typing import Any, Final, Self
 
 import structlog
 
@@ -61,14 +61,16 @@ class PipelineFinal:
     def export(self, files: Mapping[str, Path]) -> dict[str, bool]:
         """Write each kind's FINAL rows to its file; kind -> whether the table exists (no file
         is written for a missing table)."""
-        stdin: IO[str] = self._child.stdin  # type: ignore[assignment]
+        stdin = self._child.stdin
+        assert stdin is not None  # started with stdin=PIPE
         stdin.write(json.dumps({"export": {kind: str(path) for kind, path in files.items()}}) + "\n")
         stdin.flush()
         exported = self._answer("exported")
         return {str(kind): bool(exists) for kind, exists in exported.items()}
 
     def _answer(self, key: str) -> Any:
-        stdout: IO[str] = self._child.stdout  # type: ignore[assignment]
+        stdout = self._child.stdout
+        assert stdout is not None  # started with stdout=PIPE
         line = stdout.readline()
         if not line:
             code = self._child.wait()
