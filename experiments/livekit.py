@@ -48,8 +48,9 @@ class VerifyResult:
         s = self.summary or {}
         return {"exit_code": self.exit_code, "exact": self.exact, "verdict": s.get("verdict"),
                 "records": s.get("records"),
-                "tables": [{k: t.get(k) for k in ("table", "equal", "truth", "clickhouse", "missing", "extra",
-                                                   "different", "duplicates", "examples")}
+                "tables": [{**{k: t.get(k) for k in ("table", "equal", "truth", "clickhouse", "missing", "extra",
+                                                      "different", "duplicates")},
+                            "examples": (t.get("examples") or [])[:3]}
                            for t in s.get("tables", [])],
                 "dlq": s.get("dlq"), "dlq_topic_equal": (s.get("dlq_topic") or {}).get("equal"),
                 **({} if self.exact else {"report_tail": self.tail})}
@@ -101,9 +102,12 @@ class LiveRun:
 
     def wait_crashed(self, role: str, point: str, timeout_s: float) -> None:
         """Until `role` died by SIGKILL at its crash point (its `crash_point_reached` line)."""
+        from experiments.benchkit.analyse import log_events
         child = self.children[role]
         rc = child.wait(timeout_s)
-        if rc != -9 or f'"crash_point": "{point}"' not in child.log_path.read_text(errors="replace"):
+        reached = any(e.get("event") == "crash_point_reached" and e.get("crash_point") == point
+                      for e in log_events(child.log_path))
+        if rc != -9 or not reached:
             raise RuntimeError(f"{role} was meant to be killed at {point}, exited {rc}: see {child.log_path}")
 
     def start_gen(self, *args: str, role: str = "gen") -> Child:
@@ -165,7 +169,7 @@ class LiveRun:
                            f"(logs: {self.logs})")
 
     def _open_groups(self) -> int:
-        rows = self.scope._query(  # noqa: SLF001 - benchkit's read helper
+        rows = self.scope._query(
             "SELECT count(*) FROM sink_group WHERE pipeline_id = %s AND status = 'pending'",
             (self.scope.pipeline_id,))
         return int(rows[0][0])
@@ -195,7 +199,8 @@ class LiveRun:
                 except json.JSONDecodeError:
                     pass
                 break
-        tail = "\n".join(res.stdout.strip().splitlines()[-25:])
+        # the human report's last lines (verdict, first differing keys), not its JSON summary
+        tail = "\n".join([ln for ln in res.stdout.strip().splitlines() if not ln.startswith("{")][-12:])
         return VerifyResult(res.returncode, res.returncode == 0, summary, tail)
 
     def clickhouse_rows(self, sql: str) -> list[list[Any]]:

@@ -26,6 +26,7 @@ seeded input at the same rate. Measured:
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import subprocess
 import sys
@@ -89,13 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 def series_points(series: list[Series], t0: float) -> list[list[float]]:
     if not series:
         return []
-    return [[round(t - t0, 1), round(v, 4)] for t, v in series[0].points if v == v]  # drop NaN
+    return [[round(t - t0, 1), round(v, 4)] for t, v in series[0].points if not math.isnan(v)]
 
 
 def query_at(mon: Monitoring, expr: str, at: float) -> float | None:
     res = mon.query(expr, at=at)
     value = res[0].points[0][1] if res else None
-    return None if value is None or value != value else value  # NaN: no observations
+    return None if value is None or math.isnan(value) else value  # NaN: no observations
 
 
 def whole_phase_quantiles(mon: Monitoring, at: float, seconds: float) -> dict[str, float | None]:
