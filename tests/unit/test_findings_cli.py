@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-MODULES = ("experiments.sustained",)
+MODULES = ("experiments.sustained", "experiments.eos_tax", "experiments.naive_consumer")
 
 
 def exit_code(module: str, argv: list[str]) -> int:
