@@ -8,7 +8,8 @@ import importlib
 
 import pytest
 
-MODULES = ("experiments.sustained", "experiments.eos_tax", "experiments.naive_consumer")
+MODULES = ("experiments.sustained", "experiments.eos_tax", "experiments.naive_consumer",
+           "experiments.lateness_sweep")
 
 
 def exit_code(module: str, argv: list[str]) -> int:
