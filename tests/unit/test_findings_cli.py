@@ -9,7 +9,7 @@ import importlib
 import pytest
 
 MODULES = ("experiments.sustained", "experiments.eos_tax", "experiments.naive_consumer",
-           "experiments.lateness_sweep")
+           "experiments.lateness_sweep", "experiments.slowdown")
 
 
 def exit_code(module: str, argv: list[str]) -> int:
