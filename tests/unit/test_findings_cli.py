@@ -9,7 +9,8 @@ import importlib
 import pytest
 
 MODULES = ("experiments.sustained", "experiments.eos_tax", "experiments.naive_consumer",
-           "experiments.lateness_sweep", "experiments.slowdown")
+           "experiments.lateness_sweep", "experiments.slowdown",
+           "experiments.backfill_live")
 
 
 def exit_code(module: str, argv: list[str]) -> int:
