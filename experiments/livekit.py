@@ -63,6 +63,7 @@ class LiveRun:
     mon_env: dict[str, str]
     partitions: int
     children: dict[str, Child] = field(default_factory=dict)
+    killed: set[str] = field(default_factory=set)      # roles SIGKILLed on purpose
 
     @classmethod
     def create(cls, name: str, run_dir: Path, *, mon_env: dict[str, str] | None = None,
@@ -100,6 +101,11 @@ class LiveRun:
         return self._start(role, "app.processor", ("--state-dir", str(self.scope.data_dir / "state"), *args),
                            crash_at=crash_at)
 
+    def kill(self, role: str) -> None:
+        """SIGKILL `role` on purpose (a drain does not count it as a failure)."""
+        self.killed.add(role)
+        self.children[role].kill()
+
     def wait_crashed(self, role: str, point: str, timeout_s: float) -> None:
         """Until `role` died by SIGKILL at its crash point (its `crash_point_reached` line)."""
         from experiments.benchkit.analyse import log_events
@@ -107,6 +113,7 @@ class LiveRun:
         rc = child.wait(timeout_s)
         reached = any(e.get("event") == "crash_point_reached" and e.get("crash_point") == point
                       for e in log_events(child.log_path))
+        self.killed.add(role)
         if rc != -9 or not reached:
             raise RuntimeError(f"{role} was meant to be killed at {point}, exited {rc}: see {child.log_path}")
 
@@ -152,7 +159,7 @@ class LiveRun:
         try:
             while time.monotonic() < deadline:
                 for role, c in self.children.items():
-                    if c.poll() and c.returncode not in (0, None) and role != "gen":
+                    if c.poll() and c.returncode not in (0, None) and role != "gen" and role not in self.killed:
                         raise RuntimeError(f"{role} exited {c.returncode} while draining: see {c.log_path}")
                 end = sum(ends.read().values())
                 nxt, pending = self.scope.ledger_progress()
