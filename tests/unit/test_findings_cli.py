@@ -10,7 +10,7 @@ import pytest
 
 MODULES = ("experiments.sustained", "experiments.eos_tax", "experiments.naive_consumer",
            "experiments.lateness_sweep", "experiments.slowdown",
-           "experiments.backfill_live")
+           "experiments.backfill_live", "experiments.batch_sweep", "experiments.one_row_inserts")
 
 
 def exit_code(module: str, argv: list[str]) -> int:
