@@ -7,7 +7,8 @@ The same seeded input (no late, no invalid events) through two consumers:
           deterministic insert tokens into ReplacingMergeTree.
 Three measurements, each on a fresh scope:
   1. throughput: catch-up over --events pre-produced records (naive --until-end vs processor
-     --until-end + sink --until-idle), events/s from first fetch to last ClickHouse write;
+     --until-end + sink --until-idle, all at --batch-max-wait), events/s from first fetch to
+     last ClickHouse write, and CPU seconds per event;
   2. latency at the same --rate for --duration: per-record e2e (Kafka timestamp -> rows in
      ClickHouse) p50/p99/p999; both batch every --batch-max-wait (naive: insert + commit;
      ledger: processor checkpoint and sink insert both at that wait, not the sink's 5 s default);
@@ -17,7 +18,7 @@ Three measurements, each on a fresh scope:
      insert, before the acknowledgement. Each restarted, run to the end, then verify:
      naive -> MISMATCH (the replayed batch counted twice), ledger -> EXACT.
 
-    python -m experiments.eos_tax                  # ~5 min
+    python -m experiments.eos_tax                  # ~6 min
     python -m experiments.eos_tax --events 1000000 --rate 20000 --duration 5m
 """
 
@@ -43,11 +44,13 @@ RUNS = REPO / ".data" / "findings" / NAME
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m experiments.eos_tax", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=300_000, help="records of the catch-up and kill runs (default 300000)")
+    ap.add_argument("--events", type=int, default=1_000_000,
+                    help="records of the catch-up and kill runs (default 1000000)")
     ap.add_argument("--rate", type=float, default=3000.0, help="events/s of the latency runs (default 3000)")
     ap.add_argument("--duration", type=duration_arg, default=60.0, help="length of each latency run (default 60s)")
     ap.add_argument("--batch-max-wait", default="1s", type=str,
-                    help="batch period of both designs in the latency runs (default 1s)")
+                    help="batch period of both designs (naive: insert + commit; ledger: processor and sink) "
+                         "(default 1s)")
     ap.add_argument("--kill-after", type=int, default=5,
                     help="kill after the Nth insert / ledger commit (default 5)")
     ap.add_argument("--partitions", type=int, default=4)
@@ -96,8 +99,8 @@ def produce(args: argparse.Namespace) -> LiveRun:
 def ledger_catchup(args: argparse.Namespace, topic: str) -> dict[str, Any]:
     live = LiveRun.create(f"{NAME}-ledger-catchup", RUNS, events_topic=topic)
     try:
-        live.start_sink("--until-idle")
-        live.start_processor("--until-end")
+        live.start_sink("--until-idle", "--batch-max-wait", args.batch_max_wait)
+        live.start_processor("--until-end", "--batch-max-wait", args.batch_max_wait)
         t0 = live.wait_assigned()
         live.wait_exit("processor", 1800)
         live.wait_exit("sink", 1800)
@@ -114,7 +117,7 @@ def naive_catchup(args: argparse.Namespace, topic: str) -> dict[str, Any]:
     live = LiveRun.create(f"{NAME}-naive-catchup", RUNS, events_topic=topic)
     stats = live.logs / "naive-stats.json"
     try:
-        c = naive(live, "naive", "--until-end", "--stats-out", str(stats))
+        c = naive(live, "naive", "--until-end", "--batch-max-wait", args.batch_max_wait, "--stats-out", str(stats))
         if c.wait(1800) != 0:
             raise RuntimeError(f"naive exited {c.returncode}: see {c.log_path}")
         s = json.loads(stats.read_text())

@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from app.clickhouse.client import connect, migrate
 from app.core.config import duration_arg
+from app.core.kafka import consumer_config
 from app.processor.windows import KINDS, FoldRules, LatenessPolicy, Position, WindowKind, fold_run
 
 TABLES = {WindowKind.MINUTE: "naive_minute", WindowKind.HOUR: "naive_hour"}
@@ -109,9 +110,10 @@ def run(args: argparse.Namespace) -> int:
     client = connect(args.clickhouse_url)
     for table in TABLES.values():
         client.command(ddl(table))
-    consumer = Consumer({"bootstrap.servers": args.bootstrap_servers, "group.id": args.group,
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "session.timeout.ms": 6000, "log_level": 0})
+    # the processor's fetch settings (app.core.kafka.consumer_config), so both read alike;
+    # but offsets are stored as consumed and committed to Kafka: that is the baseline
+    consumer = Consumer(consumer_config(args.bootstrap_servers, args.group, **{
+        "enable.auto.offset.store": True, "session.timeout.ms": 6000}))
     consumer.subscribe([args.events_topic])
     ends: dict[int, int] = {}
     if args.until_end:
