@@ -24,7 +24,7 @@ from typing import Any
 
 from app.core.kafka import ensure_topic
 from experiments.benchkit.proc import Child
-from experiments.benchkit.scope import EndOffsets, Scope
+from experiments.benchkit.scope import EndOffsets, Scope, delete_topics
 from experiments.monitoring import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,3 +226,5 @@ class LiveRun:
         for c in self.children.values():
             c.kill()
         self.scope.drop(topics=topics)
+        if not topics:  # the input is another scope's; the DLQ topic is this run's own
+            delete_topics(self.scope.bootstrap, [self.scope.dlq_topic])
