@@ -14,8 +14,8 @@ oldest batch waited W). Two runs per point, each on a fresh scope, verify EXACT 
             recovery cost = rows re-sent (the whole group, same token: ClickHouse drops them).
 The knee: the point with the highest throughput per second of p99 (marked on the plot).
 
-    python -m experiments.batch_sweep                     # reduced grid (6 points), ~15 min
-    python -m experiments.batch_sweep --full              # the issue's grid: {1k,10k,100k,1M} x {200ms,1s,5s}
+    python -m experiments.batch_sweep                     # reduced grid (6 points), ~8 min here
+    python -m experiments.batch_sweep --full              # the issue's grid {1k,10k,100k,1M} x {200ms,1s,5s}, ~14 min
 """
 
 from __future__ import annotations
