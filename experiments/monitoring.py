@@ -77,9 +77,10 @@ class Monitoring:
             raise RuntimeError(f"Prometheus {path} {params}: {body.get('error')}")
         return list(body["data"]["result"])
 
-    def query(self, expr: str) -> list[Series]:
+    def query(self, expr: str, at: float | None = None) -> list[Series]:
+        params = {"query": expr} if at is None else {"query": expr, "time": str(at)}
         return [Series(dict(r["metric"]), [(float(r["value"][0]), float(r["value"][1]))])  # type: ignore[index]
-                for r in self._api("/api/v1/query", {"query": expr})]
+                for r in self._api("/api/v1/query", params)]
 
     def range_query(self, expr: str, start: float, end: float, step: float = 5.0) -> list[Series]:
         return [Series(dict(r["metric"]), [(float(t), float(v)) for t, v in r["values"]])  # type: ignore[index,attr-defined]
