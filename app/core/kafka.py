@@ -35,6 +35,12 @@ _outage: dict[str, float] = {}  # since, last: the current outage
 _RECONNECTING = frozenset({"DOWN", "TRY_CONNECT", "CONNECT"})
 
 
+def every_broker_down_lately(within_s: float = _ALL_DOWN_GAP_S) -> bool:
+    """librdkafka reported every broker down within the last `within_s` (a close() of a
+    group consumer now may wait on the unreachable coordinator for minutes)."""
+    return bool(_outage) and time.monotonic() - _outage["last"] <= within_s
+
+
 def use_client_settings(settings: dict[str, str]) -> None:
     _client_settings.clear()
     _client_settings.update(settings)

@@ -195,7 +195,14 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("processor_stopped", final_checkpoint=False, reason=f"{stop.requested} while waiting: {e}")
                 return EXIT_OK
         processor = Processor(cfg)
-        return processor.run()
+        code = processor.run()
+        if processor.consumer_left_open:
+            # the consumer's destructor at exit would wait on the unreachable coordinator just
+            # like close() (Processor._close)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except ConfigurationError as e:  # pinned rules, input log, unmigrated ledger: an operator decision
         log.error("processor_config_error", error=str(e))
         return fail(PROG, str(e), EXIT_USAGE)

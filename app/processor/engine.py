@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from app.core import health, metrics
 from app.core.errors import FatalError, KafkaUnreachable, RetryableError
-from app.core.kafka import consumer_config, end_offsets, ensure_topic
+from app.core.kafka import consumer_config, end_offsets, ensure_topic, every_broker_down_lately
 from app.core.retry import retry_call
 from app.ledger import until_end
 from app.ledger.ledger import Ledger
@@ -82,6 +82,7 @@ class Processor:
         # this process commits nothing, because its in-memory state may be ahead of what
         # was applied (e.g. offsets advanced past a record whose windows were never folded).
         self.failed: BaseException | None = None
+        self.consumer_left_open = False   # _close skipped consumer.close(): exit without its destructor
         self.ownership = Ownership(cfg, self.ledger, self.guard, self.consumer, checkpoint=self.checkpoint,
                                    should_stop=self._should_stop)
         self.snapshots = Snapshots(cfg, self.ledger, self.ownership.owned, self.ownership.release,
@@ -195,10 +196,12 @@ class Processor:
 
     def _close(self) -> None:
         try:
-            if isinstance(self.failed, KafkaUnreachable):
-                # close() would wait on the unreachable coordinator for minutes; nothing is
-                # committed after an error anyway, and the group drops this member after its
-                # session timeout (the command then exits without running the destructor)
+            if isinstance(self.failed, KafkaUnreachable) or every_broker_down_lately():
+                # close() may wait on the unreachable coordinator for minutes (seen past a
+                # 10 s stop budget); nothing is committed to Kafka (offsets live in the ledger,
+                # the final checkpoint ran or was refused before this), and the group drops this
+                # member after its session timeout. The command exits without the destructor.
+                self.consumer_left_open = True
                 log.warning("consumer_not_closed", reason="Kafka unreachable")
             else:
                 # revokes: the revoke callback commits what is done, or nothing after an error

@@ -72,3 +72,16 @@ def test_reports_far_apart_are_separate_blips(clock: Clock) -> None:
 def test_without_a_timeout_it_retries_forever(clock: Clock) -> None:
     set_service_timeout(None)
     errors_every(clock, 1.0, 600, all_down_every=5.0)
+
+
+def test_a_stop_skips_the_consumer_close_only_while_every_broker_was_reported_down_lately(clock: Clock) -> None:
+    """Processor._close leaves the consumer open (close() may wait minutes on an unreachable
+    coordinator, past the stop budget) only while every broker was reported down within the
+    last 30 s; one broker of several down, or an outage long over, closes it as usual."""
+    assert not kafka.every_broker_down_lately()
+    errors_every(clock, 1.0, 10, all_down_every=None)  # one broker of several: no outage
+    assert not kafka.every_broker_down_lately()
+    errors_every(clock, 1.0, 5, all_down_every=15.0)
+    assert kafka.every_broker_down_lately()
+    clock.now += 31.0                                     # no report since: back up
+    assert not kafka.every_broker_down_lately()
