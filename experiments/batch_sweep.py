@@ -30,7 +30,7 @@ from app.core.config import duration_arg
 from experiments.benchkit import analyse as an
 from experiments.benchkit.scope import EndOffsets, record_timestamps
 from experiments.findings_out import label_figure, out_dir, pyplot, write_json
-from experiments.livekit import BOOTSTRAP, REPO, LiveRun, say
+from experiments.livekit import BOOTSTRAP, REPO, LiveRun, durations, say
 
 NAME = "batch_sweep"
 RUNS = REPO / ".data" / "findings" / NAME
@@ -42,13 +42,6 @@ def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def durations(text: str) -> list[str]:
-    parts = [x.strip() for x in text.split(",")]
-    for p in parts:
-        duration_arg(p)
-    return parts
 
 
 def build_parser() -> argparse.ArgumentParser:

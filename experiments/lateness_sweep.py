@@ -33,7 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from app.core.config import duration_arg
 from app.processor.decode import InvalidEvent, decode_record
 from experiments.findings_out import label_figure, out_dir, pyplot, write_json
-from experiments.livekit import BOOTSTRAP, REPO, LiveRun, say
+from experiments.livekit import BOOTSTRAP, REPO, LiveRun, durations, say
 
 NAME = "lateness_sweep"
 RUNS = REPO / ".data" / "findings" / NAME
@@ -46,13 +46,6 @@ def floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def durations(text: str) -> list[str]:
-    parts = [x.strip() for x in text.split(",")]
-    for p in parts:
-        duration_arg(p)
-    return parts
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.core.config import duration_arg
 from app.core.kafka import ensure_topic
 from experiments.benchkit.proc import Child
 from experiments.benchkit.scope import EndOffsets, Scope, delete_topics
@@ -228,3 +229,11 @@ class LiveRun:
         self.scope.drop(topics=topics)
         if not topics:  # the input is another scope's; the DLQ topic is this run's own
             delete_topics(self.scope.bootstrap, [self.scope.dlq_topic])
+
+
+def durations(text: str) -> list[str]:
+    """A flag's comma-separated durations ("200ms,1s"), each checked as the pipeline's flags check one."""
+    parts = [x.strip() for x in text.split(",")]
+    for p in parts:
+        duration_arg(p)
+    return parts
