@@ -38,13 +38,13 @@ def signals() -> Iterator[None]:
         signal.signal(s, h)
 
 
-def _processor(p: Pipeline) -> Processor:
+def _processor(p: Pipeline, *, snapshot_chunk_rows: int = 100_000) -> Processor:
     services = ServiceSettings(kafka_bootstrap_servers=p.bootstrap, database_url=p.database_url,
                                clickhouse_url=p.clickhouse_url, events_topic=p.topic, dlq_topic=p.dlq_topic,
                                pipeline_id=p.pipeline_id)
     cfg = ProcessorConfig(services=services, policy=LatenessPolicy(5_000, 60_000, 60_000), batch_max_wait_s=0.05,
                           poll_records=150, snapshot_interval_s=0.0, backpressure_check_s=0.0, until_end=True, state_dir=p.tmp / "state",
-                          session_timeout_ms=6_000)
+                          session_timeout_ms=6_000, snapshot_chunk_rows=snapshot_chunk_rows)
     return Processor(cfg)
 
 
@@ -55,6 +55,25 @@ def _ledger_state(p: Pipeline) -> tuple[int, dict[int, int]]:
         offsets = dict(conn.execute("SELECT partition, next_offset FROM partition_state WHERE pipeline_id = %s",
                                     (p.pipeline_id,)).fetchall())
     return int(checkpoints), offsets
+
+
+def _one_checkpoint_then_none(proc: Processor) -> Callable[[], bool]:
+    """The checkpointer's due(), made to commit exactly once, as soon as records are read.
+
+    A snapshot starts right after a commit and writes one chunk per loop turn. When every
+    turn checkpoints (a loaded machine, a 0.05 s batch wait) each chunk is written with
+    nothing uncommitted, and a short run could end before any chunk ever was: the failure
+    was then never injected (seen once in a fresh-clone run). With a single early commit
+    and one window per chunk, the next turn that reads records writes a chunk with those
+    records uncommitted, whatever the machine's speed."""
+    committed = {"n": 0}
+
+    def due() -> bool:
+        if committed["n"] == 0 and _uncommitted(proc):
+            committed["n"] = 1
+            return True
+        return False
+    return due
 
 
 def _uncommitted(proc: Processor) -> bool:
@@ -83,7 +102,7 @@ def test_no_commit_after_an_error(pipeline: Pipeline, signals: None, site: str,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     p = pipeline
     p.gen(*GEN)
-    proc = _processor(p)
+    proc = _processor(p, snapshot_chunk_rows=1 if site == "snapshot_chunk" else 100_000)
     seen: dict[str, Any] = {}
     too_large = KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
     if site == "hot_path_dlq_send":
@@ -94,6 +113,7 @@ def test_no_commit_after_an_error(pipeline: Pipeline, signals: None, site: str,
         proc.ledger.commit = _fail_once(p, proc, proc.ledger.commit,  # type: ignore[method-assign]
                                         InvariantViolation("injected"), seen, after=1)
     elif site == "snapshot_chunk":
+        proc.checkpointer.due = _one_checkpoint_then_none(proc)  # type: ignore[method-assign]
         proc.ledger.write_snapshot_chunk = _fail_once(  # type: ignore[method-assign]
             p, proc, proc.ledger.write_snapshot_chunk, Injected("snapshot"), seen)
     elif site == "backpressure_read":
