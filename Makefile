@@ -11,6 +11,10 @@ BROKERS ?= 1
 EVENTS ?= 1000000
 RATE ?= 0
 PYTEST_ARGS ?=
+# make test's pytest workers: the suite mostly waits on Kafka, Postgres and its processes
+# (~1.1 of 2 cores busy with two workers), so two halve its wall time on this machine
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 N ?= 5
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
@@ -61,14 +65,14 @@ status:  ## show the local stack and, when it is up, where the pipeline stands (
 demo: up  ## the main job end to end on embedded ClickHouse, ending with verify's verdict
 	@EVENTS=$(EVENTS) $(PY) -m experiments.demo --events $(EVENTS)
 
-test: up  ## the test suite against the real services
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: up  ## the test suite against the real services (TEST_WORKERS=2 pytest workers; 1 runs it in one process)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install  ## unit tests only (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-repeat: up  ## the integration tests N times (N=5); lists every test that failed at least once, with counts
-	$(PY) tests/repeat.py --runs $(N) $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
+	$(PY) tests/repeat.py --runs $(N) -- $(XDIST) $(PYTEST_ARGS)
 
 bench: up  ## throughput / latency benchmark, ends with one JSON line (EVENTS default 5M here; BENCH_ARGS=--help)
 	$(PY) -m experiments.bench --events $(if $(filter command line environment,$(origin EVENTS)),$(EVENTS),5000000) \

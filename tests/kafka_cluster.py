@@ -102,6 +102,9 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory, *, brokers: int = 3,
                   first_base: int = 29092) -> Iterator[KafkaCluster]:
     """Start a cluster (skipped locally when it cannot start, failed in CI) and stop it after."""
     ports = 2 * brokers
+    # parallel workers (pytest-xdist: gw0, gw1, ...) search disjoint ranges: two of them
+    # probing the same free range at once would both pick it
+    first_base += 1000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
     base = next((b for b in range(first_base, first_base + 900, 100) if all(_port_free(b + i) for i in range(ports))),
                 None)
     if base is None:
