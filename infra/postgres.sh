@@ -5,11 +5,11 @@
 # - A server already listening there is used as it is: its pg_hba.conf is never edited. If it
 #   refuses DATABASE_URL, the script says which DATABASE_URL to set and stops.
 # - Otherwise the Debian cluster configured for that port is started (installing Debian's
-#   `postgresql` first, or creating a cluster, when there is none). Only a cluster this script
-#   created, or that the package it installed created, is the stack's own: it gets a marker
-#   file and, at the top of its pg_hba.conf, loopback `trust` lines scoped to the ledger's
-#   database (and the maintenance database `postgres`, to create it) and role, between marker
-#   comments. `down` stops what `up` started and removes those lines.
+#   `postgresql` first, or creating a cluster, when there is none). A cluster this script
+#   starts (or created, or whose package it installed) is the stack's while it runs: at the top
+#   of its pg_hba.conf it gets loopback `trust` lines scoped to the ledger's database (and the
+#   maintenance database `postgres`, to create it) and role, between marker comments. `down`
+#   stops what `up` started and removes those lines, leaving the file as it was.
 # Then the database is created if missing and `alembic upgrade head` run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -124,12 +124,15 @@ start_local() {  # nothing listens on PORT: start (or create) the Debian cluster
   elif [ "$installed" = 1 ]; then  # created by the package this script installed just now
     touch "$(conf_dir "$ver" "$name")/$OWNED_FILE"
   fi
-  if owned "$ver" "$name"; then scope_hba "$ver" "$name"; fi
   # Debian's package may already have started the cluster on install
   if ! pg_ctlcluster "$ver" "$name" status >/dev/null 2>&1; then
-    pg_ctlcluster "$ver" "$name" start
+    # the stack starts it, so while it runs it is the stack's: scoped lines now, removed by `down`
+    # (a stock machine ships a stopped 15/main on 5432; without them the default URL is refused)
+    scope_hba "$ver" "$name"
     mkdir -p "$STATE"; echo "$ver $name" > "$MARK"
+    pg_ctlcluster "$ver" "$name" start || { unscope_hba "$ver" "$name"; rm -f "$MARK"; exit 1; }
   elif owned "$ver" "$name"; then
+    scope_hba "$ver" "$name"
     pg_ctlcluster "$ver" "$name" reload
   fi
   wait_port
@@ -175,7 +178,7 @@ down() {
     read -r ver name < "$MARK"
     pg_ctlcluster "$ver" "$name" stop || true
     rm -f "$MARK"
-    if owned "$ver" "$name"; then unscope_hba "$ver" "$name"; fi
+    unscope_hba "$ver" "$name"   # removes our marked lines only: the file is as before `up`
     echo "postgres: stopped $ver/$name"
   else
     read -r ver name < <(cluster_on_port) || true

@@ -2,8 +2,11 @@
 tried on throwaway Debian clusters on ports of their own (the shared server is never
 involved: the script acts on the port DATABASE_URL names):
 
-- a cluster that existed before `up`, stopped or running: its pg_hba.conf is byte for byte
-  what it was after `up` and `down`; the script prints the DATABASE_URL to set instead;
+- a cluster already running before `up`: its pg_hba.conf is byte for byte what it was after
+  `up` and `down`; the script prints the DATABASE_URL to set instead;
+- a cluster that existed but was stopped (a stock Debian machine's 15/main): `up` starts it,
+  so the stack may open it to the ledger's URL while it runs; `down` stops it and its
+  pg_hba.conf is byte for byte what it was before `up`;
 - a cluster the script creates: loopback trust for the ledger's database and role only
   (another database is refused), and `down` stops it and removes those lines."""
 
@@ -74,13 +77,19 @@ def throwaway(tmp_path: Path) -> Iterator[tuple[str, str, int]]:
             subprocess.run(["pg_dropcluster", "--stop", v, n], capture_output=True, check=False)
 
 
-@pytest.mark.parametrize("running", [False, True])
-def test_a_cluster_that_existed_before_is_never_edited(throwaway: tuple[str, str, int], tmp_path: Path,
-                                                       running: bool) -> None:
+OUR_LINES = ["host    pipeline,postgres    postgres    127.0.0.1/32    trust",
+             "host    pipeline,postgres    postgres    ::1/128         trust"]
+
+
+def trust_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if "trust" in line and not line.startswith("#")]
+
+
+def test_a_running_cluster_it_did_not_start_is_never_edited(throwaway: tuple[str, str, int],
+                                                            tmp_path: Path) -> None:
     version, name, port = throwaway
     subprocess.run(["pg_createcluster", version, name, "-p", str(port)], capture_output=True, check=True)
-    if running:
-        subprocess.run(["pg_ctlcluster", version, name, "start"], capture_output=True, check=True)
+    subprocess.run(["pg_ctlcluster", version, name, "start"], capture_output=True, check=True)
     before = digest(hba(version, name))
     up = script("up", port, tmp_path)
     # Debian's own pg_hba asks loopback clients for a password: the URL without one is refused
@@ -92,8 +101,28 @@ def test_a_cluster_that_existed_before_is_never_edited(throwaway: tuple[str, str
     down = script("down", port, tmp_path)
     assert down.returncode == 0, down.stdout + down.stderr
     assert digest(hba(version, name)) == before
-    # stopped only if `up` started it
-    assert clusters()[port][2] == ("online" if running else "down"), down.stdout
+    assert clusters()[port][2] == "online", down.stdout  # not started by `up`: left running
+
+
+def test_a_stopped_cluster_it_starts_is_scoped_while_it_runs(throwaway: tuple[str, str, int],
+                                                             tmp_path: Path) -> None:
+    version, name, port = throwaway
+    subprocess.run(["pg_createcluster", version, name, "-p", str(port)], capture_output=True, check=True)
+    before = digest(hba(version, name))
+    assert clusters()[port][2] == "down"
+    up = script("up", port, tmp_path)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert clusters()[port][2] == "online"
+    assert trust_lines(hba(version, name)) == OUR_LINES
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/pipeline", autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM partition_state").fetchone() == (0,)
+        conn.execute("CREATE DATABASE other")
+    with pytest.raises(psycopg.OperationalError, match="password"):  # no trust beyond the ledger's databases
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/other", connect_timeout=5).close()
+    down = script("down", port, tmp_path)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert clusters()[port][2] == "down"
+    assert digest(hba(version, name)) == before
 
 
 def test_a_cluster_the_stack_creates_is_scoped_and_cleaned_up(throwaway: tuple[str, str, int],
@@ -104,9 +133,7 @@ def test_a_cluster_the_stack_creates_is_scoped_and_cleaned_up(throwaway: tuple[s
     version, name, state = clusters()[port]
     assert state == "online" and name == f"rollups{port}"
     text = hba(version, name).read_text()
-    ours = [line for line in text.splitlines() if "trust" in line and not line.startswith("#")]
-    assert ours == [f"host    pipeline,postgres    postgres    127.0.0.1/32    trust",
-                    f"host    pipeline,postgres    postgres    ::1/128         trust"], text
+    assert trust_lines(hba(version, name)) == OUR_LINES, text
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/pipeline", autocommit=True) as conn:
         (rev,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()  # type: ignore[misc]
         assert rev and conn.execute("SELECT count(*) FROM partition_state").fetchone() == (0,)
