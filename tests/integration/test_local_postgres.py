@@ -85,6 +85,14 @@ def trust_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if "trust" in line and not line.startswith("#")]
 
 
+def assert_no_trust_beyond_the_ledger(port: int) -> None:
+    """Another database on the same cluster still asks for a password."""
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/pipeline", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE other")
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/other", connect_timeout=5).close()
+
+
 def test_a_running_cluster_it_did_not_start_is_never_edited(throwaway: tuple[str, str, int],
                                                             tmp_path: Path) -> None:
     version, name, port = throwaway
@@ -116,9 +124,7 @@ def test_a_stopped_cluster_it_starts_is_scoped_while_it_runs(throwaway: tuple[st
     assert trust_lines(hba(version, name)) == OUR_LINES
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/pipeline", autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM partition_state").fetchone() == (0,)
-        conn.execute("CREATE DATABASE other")
-    with pytest.raises(psycopg.OperationalError, match="password"):  # no trust beyond the ledger's databases
-        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/other", connect_timeout=5).close()
+    assert_no_trust_beyond_the_ledger(port)
     down = script("down", port, tmp_path)
     assert down.returncode == 0, down.stdout + down.stderr
     assert clusters()[port][2] == "down"
@@ -137,9 +143,7 @@ def test_a_cluster_the_stack_creates_is_scoped_and_cleaned_up(throwaway: tuple[s
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/pipeline", autocommit=True) as conn:
         (rev,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()  # type: ignore[misc]
         assert rev and conn.execute("SELECT count(*) FROM partition_state").fetchone() == (0,)
-        conn.execute("CREATE DATABASE other")
-    with pytest.raises(psycopg.OperationalError, match="password"):  # no trust beyond the ledger's databases
-        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/other", connect_timeout=5).close()
+    assert_no_trust_beyond_the_ledger(port)
     again = script("up", port, tmp_path)  # idempotent: the lines are not added twice
     assert again.returncode == 0 and hba(version, name).read_text() == text, again.stdout + again.stderr
     down = script("down", port, tmp_path)
