@@ -4,7 +4,8 @@
     python3 tests/repeat.py --runs 3 -- -k reconcile tests/integration/test_state_reconcile.py
 
 Each run is a separate pytest process writing JUnit XML to --out (default
-.data/test-repeat/<time>/run-K.xml); the report lists each run's counts and wall time, then
+.data/test-repeat/<time>/run-K.xml) and its tests' temporary files (process logs, data
+dirs) to <out>/run-K/, so a failure's logs outlive the next run; the report lists each run's counts and wall time, then
 every test that failed or errored in any run with how often. Exit status: 0 when every run
 passed, 1 when any test failed in any run, 2 when a run could not report (crash, usage).
 A flaky test shows up here as "failed 1/5"; a broken one as "failed 5/5".
@@ -65,9 +66,18 @@ def parse_junit(path: Path) -> tuple[int, int, tuple[str, ...]]:
     return passed, skipped, tuple(failed)
 
 
+def pytest_argv(k: int, out: Path, pytest_args: list[str]) -> list[str]:
+    """Run k's pytest command: its own JUnit file and, unless the caller chose one, its own
+    basetemp (pytest empties a basetemp on start, so a shared one loses the previous run's logs)."""
+    own = [f"--junitxml={out / f'run-{k}.xml'}"]
+    if not any(a == "--basetemp" or a.startswith("--basetemp=") for a in pytest_args):
+        own.append(f"--basetemp={out / f'run-{k}'}")
+    return [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *own, *pytest_args]
+
+
 def run_once(k: int, out: Path, pytest_args: list[str]) -> RunResult:
     xml = out / f"run-{k}.xml"
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--junitxml={xml}", *pytest_args]
+    argv = pytest_argv(k, out, pytest_args)
     started = time.monotonic()
     code = subprocess.call(argv, cwd=REPO)
     seconds = time.monotonic() - started
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     print(report(results, args.runs))
-    print(f"JUnit XML of each run: {out}")
+    print(f"JUnit XML and temporary files (logs) of each run: {out}")
     if any(r.failed and r.failed[0].startswith("<run") for r in results) or len(results) < args.runs:
         return 2
     return 1 if any(r.failed for r in results) else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.repeat import RunResult, parse_junit, report
+from tests.repeat import RunResult, parse_junit, pytest_argv, report
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest" tests="5">
@@ -41,3 +41,10 @@ def test_report_counts_each_failing_test_over_the_runs() -> None:
     assert f"failed 2/3  {broken}" in text and f"failed 1/3  {flaky}" in text
     assert text.index(broken) < text.index(flaky)  # most frequent first
     assert "no test failed in any run" in report([RunResult(1, 0, 1.0, 5)], 1)
+
+
+def test_each_run_keeps_its_own_temporary_files_unless_the_caller_chose_a_basetemp(tmp_path: Path) -> None:
+    argv = pytest_argv(3, tmp_path, ["-n", "2", "tests/integration"])
+    assert f"--basetemp={tmp_path / 'run-3'}" in argv and f"--junitxml={tmp_path / 'run-3.xml'}" in argv
+    assert pytest_argv(1, tmp_path, ["--basetemp=/tmp/x"]).count("--basetemp=/tmp/x") == 1
+    assert not any(a.startswith("--basetemp=") for a in pytest_argv(1, tmp_path, ["--basetemp", "/tmp/x"]))
