@@ -19,8 +19,10 @@ first, with the same members and the same recorded layout whatever the flags say
 so the same rows in the same blocks with the same token reach ClickHouse, which drops
 every block it already holds.
 
-Stopping (SIGTERM / SIGINT): the loop ends after the current step. A call to a service
-that is down keeps failing: its retry loop stops at once. A call that hangs (a black-holed
+Stopping (SIGTERM / SIGINT): the loop ends after the current step. Every ledger or
+ClickHouse call is made inside `_call` (retried) or `_observe` (the sink's own samples, not
+retried), so the stop handlers know it. A call to a service that is down keeps failing:
+its retry loop stops at once. A call that hangs (a black-holed
 connection answers nothing) is abandoned `stop_grace_s` after the signal: the handler
 raises StopRequested inside it, which is a crash at that instant as far as the ledger and
 ClickHouse can tell — and every such crash is safe (the open group is resumed unchanged).
@@ -121,7 +123,7 @@ class Sink:
             while not self.stopping:
                 health.beat()
                 if self.reconciler is not None:
-                    self.reconciler.maybe_sample()
+                    self._observe(self.reconciler.maybe_sample, what="postgres_clickhouse_reconcile")
                 self._observe_backlog()
                 group = self._next_group()
                 if group is None:
@@ -187,6 +189,19 @@ class Sink:
         except RetryableError:
             self._failed_call = self._failed_call or what  # the innermost: the service that is down
             raise
+        finally:
+            self._call_what, self._attempting = outer
+
+    def _observe(self, fn: Callable[[], None], *, what: str) -> None:
+        """One of the sink's own observations (a latency sample, a reconciliation sample):
+        not retried (the observation reports its own failures and never stops delivery),
+        but a service call all the same, so a stop abandons it when it hangs."""
+        if self._grace_over:
+            raise StopRequested(what)
+        outer = (self._call_what, self._attempting)
+        self._call_what, self._attempting = what, True
+        try:
+            fn()
         finally:
             self._call_what, self._attempting = outer
 
@@ -300,7 +315,8 @@ class Sink:
         self._call(lambda: groups_ledger.acknowledge_group(self.ledger, group, checked),
                    what="postgres_acknowledge")  # 5.
         metrics.INFLIGHT_BATCHES.set(0)
-        self.latency.acknowledged(group.member_batch_ids, time.time())
+        acked_at = time.time()
+        self._observe(lambda: self.latency.acknowledged(group.member_batch_ids, acked_at), what="postgres_batch_times")
         self.groups_acked += 1
         if self.groups_acked % self.cfg.prune_every_groups == 0:
             pruned = self._call(lambda: prune_payloads(self.ledger), what="postgres_prune_payloads")

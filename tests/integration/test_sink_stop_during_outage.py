@@ -21,7 +21,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -29,8 +29,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from app.core.config import ServiceSettings
+from app.ledger.ledger import Ledger
 from app.sink.groups import GroupPolicy
 from app.sink.loop import Sink, SinkConfig
+from app.sink.reconcile import ReconcilePolicy, Reconciler
 from app.sink.writer import ClickHouseWriter
 from tests.conftest import Pipeline
 from tests.faultproxy import FaultProxy
@@ -151,55 +153,71 @@ class OutageAfterInsert:
         self.inner.close()
 
 
+def sink_behind(p: Pipeline, proxy: FaultProxy, writer: Any, *,
+                reconcile: Callable[[Ledger], Any] | None = None) -> Sink:
+    services = ServiceSettings(kafka_bootstrap_servers=p.bootstrap, database_url=proxied(p.database_url, proxy.port),
+                               clickhouse_url=p.clickhouse_url, events_topic=p.topic, dlq_topic=p.dlq_topic,
+                               pipeline_id=p.pipeline_id)
+    return Sink(SinkConfig(services=services, until_idle=True, policy=GroupPolicy(batch_rows=1500),
+                           insert_block_rows=500), writer, reconcile=reconcile)
+
+
+def run_and_sigterm_when(sink: Sink, ready: Callable[[], bool], what: str) -> tuple[int, float]:
+    """Run `sink` in this (the main) thread; SIGTERM it once `ready()`. (exit code, seconds
+    from the signal to the return). The test fails if the signal was never sent."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+    outcome: dict[str, Any] = {}
+    stopped = threading.Event()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def terminate_once_ready() -> None:
+        try:
+            wait_for(ready, 60, what)
+            outcome["sent_at"] = time.monotonic()
+        except AssertionError as e:
+            outcome["error"] = str(e)  # stop the sink all the same; the test fails below
+        if stopped.is_set():
+            return  # the sink ended by itself: its handlers are gone, a SIGTERM would end pytest
+        signal.pthread_kill(main, signal.SIGTERM)
+        # a sink that ignores the signal must fail this test, not hang it: the exception is
+        # raised when the main thread next runs Python code, which the second signal's
+        # handler does even while a C call (libpq's wait) holds it
+        if not stopped.wait(30):
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main), ctypes.py_object(AssertionError))
+            signal.pthread_kill(main, signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_once_ready, daemon=True)
+    killer.start()
+    try:
+        rc = sink.run()
+        took = time.monotonic() - outcome.get("sent_at", 0.0)
+    finally:
+        stopped.set()
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    killer.join(timeout=5)
+    assert "sent_at" in outcome, outcome.get("error", "the SIGTERM never happened")
+    return rc, took
+
+
 def test_sigterm_while_acknowledging_leaves_the_group_open_and_unchanged(pipeline: Pipeline) -> None:
     p = pipeline
     p.gen(*GEN)
     p.processor()
     freeze_merges(p.clickhouse_url)
     with FaultProxy("127.0.0.1", 5432) as proxy:
-        services = ServiceSettings(kafka_bootstrap_servers=p.bootstrap,
-                                   database_url=proxied(p.database_url, proxy.port),
-                                   clickhouse_url=p.clickhouse_url, events_topic=p.topic, dlq_topic=p.dlq_topic,
-                                   pipeline_id=p.pipeline_id)
         writer = OutageAfterInsert(ClickHouseWriter(p.clickhouse_url), proxy)
-        sink = Sink(SinkConfig(services=services, until_idle=True, policy=GroupPolicy(batch_rows=1500),
-                               insert_block_rows=500), writer)  # type: ignore[arg-type]
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
-        outcome: dict[str, Any] = {}
-        stopped = threading.Event()
-
-        main = threading.main_thread().ident
-        assert main is not None
+        sink = sink_behind(p, proxy, writer)
 
         def acknowledgement_retried() -> bool:
             return proxy.mode == "refuse" and any(
                 e["event"] == "service_retry" and e.get("what") == "postgres_acknowledge" for e in list(logs))
 
-        def terminate_once_retried() -> None:
-            try:
-                wait_for(acknowledgement_retried, 60, "the group's acknowledgement to fail and be retried")
-                outcome["sent_at"] = time.monotonic()
-            except AssertionError as e:
-                outcome["error"] = str(e)  # stop the sink all the same; the test fails below
-            if stopped.is_set():
-                return  # the sink ended by itself: its handlers are gone, a SIGTERM would end pytest
-            signal.pthread_kill(main, signal.SIGTERM)
-            # a sink that ignores the signal must fail this test, not hang it
-            if not stopped.wait(30):
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(main), ctypes.py_object(AssertionError))
-
-        killer = threading.Thread(target=terminate_once_retried, daemon=True)
         with capture_logs() as logs:
-            killer.start()
-            try:
-                rc = sink.run()
-                took = time.monotonic() - outcome.get("sent_at", 0.0)
-            finally:
-                stopped.set()
-                for s, h in handlers.items():
-                    signal.signal(s, h)
-        killer.join(timeout=5)
-    assert proxy.mode == "refuse" and "sent_at" in outcome, outcome.get("error", "the SIGTERM never happened")
+            rc, took = run_and_sigterm_when(sink, acknowledgement_retried,
+                                            "the group's acknowledgement to fail and be retried")
+    assert proxy.mode == "refuse"
     assert rc == 0 and took < STOP_WITHIN_S, (rc, took)
     assert len(writer.inserted) == 1
     open_groups = [g for g in groups(p) if g[5] == "pending"]
@@ -210,3 +228,60 @@ def test_sigterm_while_acknowledging_leaves_the_group_open_and_unchanged(pipelin
     resumed = [g for g in groups(p) if g[0] == before[0]][0]
     assert resumed[:5] == before[:5] and resumed[5:] == ("acked", 2)
     assert_exactly_once(p)
+
+
+class BlackholeBefore:
+    """Wraps one of the sink's side observations (the e2e latency sample after an
+    acknowledgement, the reconciliation sample): right before its first call after a group
+    was acknowledged, Postgres goes silent, so that observation's query hangs."""
+
+    def __init__(self, inner: Any, method: str, proxy: FaultProxy, acked: Callable[[], bool]) -> None:
+        self.inner, self.method, self.proxy, self.acked = inner, method, proxy, acked
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name != self.method:
+            return attr
+
+        def hang_first(*args: Any, **kwargs: Any) -> Any:
+            if self.proxy.mode == "up" and self.acked():
+                self.proxy.blackhole()
+            return attr(*args, **kwargs)
+        return hang_first
+
+
+@pytest.mark.parametrize("observation", ["e2e_latency", "reconcile"])
+def test_sigterm_while_a_side_observation_hangs(pipeline: Pipeline, observation: str) -> None:
+    """The sink's own observations query Postgres too (batch times after each
+    acknowledgement, the settled totals every --reconcile-every). One that hangs in a black
+    hole is abandoned like any service call: on main at ce8a4f3 it was outside the calls the
+    stop timer may interrupt, and the sink ignored SIGTERM. Likely what failed
+    test_sigterm_while_postgres_is_down[blackhole] in 1 of 5 repeat runs at 9c033b2 (its logs
+    were lost): a black hole that opens right after an acknowledgement catches the latency
+    sample."""
+    p = pipeline
+    p.gen(*GEN)
+    p.processor()
+    freeze_merges(p.clickhouse_url)
+    with FaultProxy("127.0.0.1", 5432) as proxy:
+        box: dict[str, Sink] = {}
+
+        def acked() -> bool:
+            return box["sink"].groups_acked > 0
+
+        writer = ClickHouseWriter(p.clickhouse_url)
+        reconcile = None
+        if observation == "reconcile":
+            policy = ReconcilePolicy(every_s=0.05)
+            reconcile = lambda ledger: BlackholeBefore(  # noqa: E731
+                Reconciler(ledger, writer.client, policy), "maybe_sample", proxy, acked)
+        sink = box["sink"] = sink_behind(p, proxy, writer, reconcile=reconcile)
+        if observation == "e2e_latency":
+            sink.latency = BlackholeBefore(sink.latency, "acknowledged", proxy, acked)  # type: ignore[assignment]
+        with capture_logs() as logs:
+            rc, took = run_and_sigterm_when(sink, lambda: proxy.mode == "blackhole" and proxy.held_bytes() > 0,
+                                            f"the {observation} query to hang in the black hole")
+    assert rc == 0 and took < STOP_WITHIN_S, (rc, took)
+    abandoned = [e for e in logs if e["event"] == "sink_stop_abandoned_call"]
+    assert abandoned and str(abandoned[-1]["what"]).startswith("postgres"), logs[-5:]
+    finish_and_verify(p)
