@@ -36,13 +36,14 @@ from typing import Any
 
 from app.core.config import duration_arg
 from experiments.benchkit import analyse as an
-from experiments.benchkit.scope import EndOffsets, record_timestamps
+from experiments.benchkit.scope import EndOffsets, record_timestamps, sample_stride
 from experiments.findings_out import label_figure, out_dir, pyplot, write_json
 from experiments.livekit import REPO, LiveRun, say
 from experiments.monitoring import Monitoring, Series
 
 NAME = "sustained"
 STEP_S = 2.0
+SPLIT_SAMPLE = 5_000_000  # records whose latency split is computed (a uniform sample of a long run)
 QUERIES = {
     "produced_per_s": "sum(rate(pipeline_gen_events_total[10s]))",
     "read_per_s": "sum(rate(pipeline_events_read_total[10s]))",
@@ -166,7 +167,9 @@ def run_phase(args: argparse.Namespace, mon: Monitoring, out: Path, proc_wait: s
         end_offsets = ends.read()
         ends.close()
         split = an.e2e_latency(an.checkpoint_times(scope.checkpoints(), scope.batches()),
-                               record_timestamps(scope.bootstrap, scope.events_topic, end_offsets))
+                               record_timestamps(scope.bootstrap, scope.events_topic, end_offsets,
+                                                 at_most=SPLIT_SAMPLE))
+        split["records_sampled_every"] = sample_stride(sum(end_offsets.values()), SPLIT_SAMPLE)
         rows = an.rows_per_insert(scope.batches(), scope.checkpoints(), scope.insert_groups())
         wall = t_gen - t0
         cpu = {c.name: round(c.cpu_s or 0.0, 2) for c in live.children.values()}
