@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, KafkaError
 from confluent_kafka.admin import AdminClient
 
 from app.core.config import LatenessFlags
-from app.core.errors import PipelineMismatch
+from app.core.errors import PipelineMismatch, RetryableError
 from app.core.kafka import TopicIdentity, admin, topic_identity, watermark_offsets
 from app.core.retry import retry_call
 from app.ledger.ledger import Ledger
@@ -112,8 +112,7 @@ class LogGuard:
                                      should_stop=self.should_stop)
         if self.pinned is not None:
             check_rules(pid, self.pinned, self.rules)
-        seen = retry_call(lambda: topic_identity(self._client(), self.topic), what="kafka_describe_topic",
-                          should_stop=self.should_stop)
+        seen = retry_call(self._describe_topic, what="kafka_describe_topic", should_stop=self.should_stop)
         if self.pinned is not None:
             check_log(pid, self.pinned.pin.log, seen, recorded=recorded_by(self.pinned))
         elif self.first_seen is not None:
@@ -131,6 +130,17 @@ class LogGuard:
                  topic_id=None if seen is None else seen.topic_id,
                  partitions=None if seen is None else seen.partitions)
         return seen
+
+    def _describe_topic(self) -> TopicIdentity | None:
+        try:
+            return topic_identity(self._client(), self.topic)
+        except RetryableError:
+            # describe goes to the broker the client's metadata names as controller; when that
+            # broker died, the same client keeps asking it until its metadata is refreshed
+            # (topic.metadata.refresh.interval.ms, 5 min), so the assignment stalled that long.
+            # A new client bootstraps and learns the live brokers (an AdminClient has no close()).
+            self._admin = None
+            raise
 
     def _client(self) -> AdminClient:
         if self._admin is None:

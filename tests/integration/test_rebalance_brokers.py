@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from app.core.config import LatenessFlags
+from app.ledger.ledger import Ledger
+from app.processor.log_guard import LogGuard
 from tests.conftest import Pipeline, isolated_pipeline
 from tests.helpers import assert_crashed_at, log_events, topic_end, wait_for
 from tests.kafka_cluster import KafkaCluster, kafka_cluster
@@ -90,14 +94,24 @@ def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: Kafka
     wait_for(lambda: alive() and log_events(p.log(c), "checkpoint_committed"), 180,
              "the third instance's first checkpoint")
 
+    def progress() -> str:
+        """Where each partition stands, and what the processes said last: a stall's evidence."""
+        with p.ledger() as conn:
+            nexts = dict(conn.execute("SELECT partition, next_offset FROM partition_state "
+                                      "WHERE pipeline_id = %s ORDER BY partition", (p.pipeline_id,)).fetchall())
+        tails = "\n".join(f"--- {name}:\n" + "\n".join(p.log(proc).splitlines()[-12:])
+                          for name, proc in (("gen", gen), ("B", b), ("C", c), ("sink", sink)))
+        return (f"committed per partition {nexts}, topic end "
+                f"{topic_end(bootstrap, p.topic, not_ready_ok=True)}\n{tails}")
+
     cluster3.node_kill(2)
     before = produced()
     wait_for(lambda: committed_at_least(before + RATE), 180,
-             "records produced while broker 2 is down to be committed")
+             "records produced while broker 2 is down to be committed", detail=progress)
     cluster3.node_start(2)
     before = produced()
     wait_for(lambda: committed_at_least(before + RATE), 180,
-             "records produced after broker 2 came back to be committed")
+             "records produced after broker 2 came back to be committed", detail=progress)
 
     gen.send_signal(signal.SIGTERM)
     running.remove(gen)
@@ -122,3 +136,31 @@ def test_instances_die_join_and_a_broker_restarts_during_one_run(cluster3: Kafka
     res = p.verify()
     assert res.returncode == 0, f"verify exit {res.returncode}\n{res.stdout[-4000:]}\n{res.stderr[-2000:]}"
     assert "EXACT" in res.stdout
+
+
+def test_the_topic_check_on_assignment_survives_losing_the_broker_it_asks(cluster3: KafkaCluster,
+                                                                          pipeline3: Pipeline) -> None:
+    """Every assignment checks the topic's identity through an admin client (describe topics,
+    sent to the broker its metadata names as controller). When that broker dies, the cached
+    client kept asking it: each attempt waited out the 10 s request timeout until its
+    metadata was refreshed, 40 s in the green run of the 3-broker test, and one repeat run
+    of that test timed out (180 s) waiting for processor C, which was inside this check. A
+    failed describe now starts over with a fresh client, which learns the live brokers."""
+    p = pipeline3
+    p.gen("--seed", "1", "--events", "300", "--partitions", "3")
+    ledger = Ledger(p.database_url, p.pipeline_id, p.topic)
+    guard = LogGuard(cluster3.bootstrap, ledger, p.topic, LatenessFlags(5_000, 60_000, 300_000, 1 << 20))
+    first = guard._check(at="start")
+    assert first is not None and first.partitions == 3
+    asked = guard._client().describe_cluster(request_timeout=10).result(timeout=15).controller.id
+    cluster3.node_kill(asked)
+    try:
+        started = time.monotonic()
+        again = guard._check(at="assignment")
+        took = time.monotonic() - started
+        assert again == first
+        # one attempt may still wait out its request timeout (10 s); the next one must answer
+        assert took < 25, f"the topic check took {took:.0f} s after broker {asked} died"
+    finally:
+        ledger.close()
+        cluster3.node_start(asked)
