@@ -113,8 +113,8 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory, *, brokers: int = 3,
     data = tmp_path_factory.mktemp(f"kafka{brokers}")
     # infra/kafka.sh checks readiness with confluent-kafka: this interpreter has it, a bare
     # `python3` on PATH (pytest run outside make) may not, and the cluster was then "not ready"
-    env = {"PYTHON": sys.executable, **os.environ, "BROKERS": str(brokers), "KAFKA_PORT_BASE": str(base), "KAFKA_HEAP": heap,
-           "KAFKA_DATA_DIR": str(data)}
+    env = {"PYTHON": sys.executable, **os.environ, "BROKERS": str(brokers), "KAFKA_PORT_BASE": str(base),
+           "KAFKA_HEAP": heap, "KAFKA_DATA_DIR": str(data)}
     cluster = KafkaCluster(brokers, env, base, data)
     up = subprocess.run([str(KAFKA_SH), "up"], env=env, capture_output=True, text=True, timeout=240, check=False)
     try:

@@ -5,8 +5,8 @@
 
 Each run is a separate pytest process writing JUnit XML to --out (default
 .data/test-repeat/<time>/run-K.xml) and its tests' temporary files (process logs, data
-dirs) to <out>/run-K/, so a failure's logs outlive the next run; the report lists each run's counts and wall time, then
-every test that failed or errored in any run with how often. Exit status: 0 when every run
+dirs) to <out>/run-K/, so a failure's logs outlive the next run; the report lists each
+run's counts and wall time, then every test that failed or errored in any run with how often. Exit status: 0 when every run
 passed, 1 when any test failed in any run, 2 when a run could not report (crash, usage).
 A flaky test shows up here as "failed 1/5"; a broken one as "failed 5/5".
 """

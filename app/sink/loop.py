@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -172,9 +173,6 @@ class Sink:
     def _call(self, fn: Callable[[], T], *, what: str, backoff: Backoff | None = None) -> T:
         """A ledger or ClickHouse call, retried while its service is unavailable, given up
         when the sink is stopping (see the module docstring)."""
-        if self._grace_over:
-            raise StopRequested(what)
-
         def attempt() -> T:
             self._attempting = True
             try:
@@ -182,26 +180,30 @@ class Sink:
             finally:
                 self._attempting = False
 
-        outer = (self._call_what, self._attempting)  # calls nest: the insert counts its attempt
-        self._call_what, self._attempting = what, False
-        try:
-            return retry_call(attempt, what=what, backoff=backoff, should_stop=lambda: self.stopping)
-        except RetryableError:
-            self._failed_call = self._failed_call or what  # the innermost: the service that is down
-            raise
-        finally:
-            self._call_what, self._attempting = outer
+        with self._in_call(what, attempting=False):
+            try:
+                return retry_call(attempt, what=what, backoff=backoff, should_stop=lambda: self.stopping)
+            except RetryableError:
+                self._failed_call = self._failed_call or what  # the innermost: the service that is down
+                raise
 
     def _observe(self, fn: Callable[[], None], *, what: str) -> None:
         """One of the sink's own observations (a latency sample, a reconciliation sample):
         not retried (the observation reports its own failures and never stops delivery),
         but a service call all the same, so a stop abandons it when it hangs."""
+        with self._in_call(what, attempting=True):
+            fn()
+
+    @contextmanager
+    def _in_call(self, what: str, *, attempting: bool) -> Iterator[None]:
+        """Tell the stop handlers what the main thread is in (calls nest: the insert counts
+        its attempt inside its own call); none starts once the stop's grace is over."""
         if self._grace_over:
             raise StopRequested(what)
         outer = (self._call_what, self._attempting)
-        self._call_what, self._attempting = what, True
+        self._call_what, self._attempting = what, attempting
         try:
-            fn()
+            yield
         finally:
             self._call_what, self._attempting = outer
 
