@@ -316,7 +316,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
         if self._loaded and self._recount and not self._open_before_restore:
             kinds = np.concatenate([k for k, _ in self._loaded])
             hashes = np.concatenate([h for _, h in self._loaded])
-            self._windows = [int(np.unique(hashes[kinds == kind]).size) for kind in KINDS]
+            self._windows = [_distinct(hashes[kinds == kind]) for kind in KINDS]
             self._recount = False
         self._restored, self._restored_rows, self._loaded = [], 0, []
         self._open_before_restore = True
@@ -345,4 +345,14 @@ class LevelDBWindowStore(ColumnarWindowStore):
         self._open.clear()
         self.deltas.clear()
         self._pending = []
+
+
+def _distinct(values: np.ndarray) -> int:
+    """How many distinct values: by sorting, not np.unique, whose hash table (numpy >= 2.3)
+    took 6.6 s for 5M distinct hashes here against 0.4 s for a sort (most of a 10M-window
+    rebuild's time)."""
+    if values.size == 0:
+        return 0
+    ordered = np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
 

@@ -145,6 +145,22 @@ def test_snapshot_chunks_are_a_fixed_view_and_restore_the_same_state(tmp_path: P
     assert restored.open_windows() == {"minute": 250, "hour": 1}
 
 
+def test_a_restore_counts_each_window_once_however_often_it_was_loaded(tmp_path: Path) -> None:
+    """A later batch repeats windows of the snapshot (their newer values): the gauge counts
+    distinct windows, not rows loaded."""
+    s = LevelDBWindowStore(5, tmp_path / "a")
+    s.fold({(M, 60_000 * i, i, "DE"): [1, i] for i in range(300)})
+    s.fold({(H, 0, i, "DE"): [1, i] for i in range(7)})
+    _checkpoint(s, "1@1")
+    tables = list(s.snapshot_chunks(64))
+    restored = LevelDBWindowStore(5, tmp_path / "b")
+    for t in tables + tables[::2] + tables[:1]:
+        restored.load_table(t)
+    restored.commit("1@1", 1)
+    assert restored.open_windows() == {"minute": 300, "hour": 7}
+    assert dict(restored.items()) == dict(s.items())
+
+
 def test_same_results_as_the_in_memory_store(tmp_path: Path) -> None:
     """Random folds, checkpoints and finalisations: both stores emit the same rows and hold
     the same open windows."""
