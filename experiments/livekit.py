@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class VerifyResult:
     exact: bool
     summary: dict[str, Any] | None
     tail: str                      # the last lines of verify's report (the diff, when there is one)
+    peak_rss_mb: float | None = None
 
     def brief(self) -> dict[str, Any]:
         """What a findings JSON keeps: the verdict, per table truth vs ClickHouse, DLQ counts."""
@@ -54,6 +56,7 @@ class VerifyResult:
                             "examples": (t.get("examples") or [])[:3]}
                            for t in s.get("tables", [])],
                 "dlq": s.get("dlq"), "dlq_topic_equal": (s.get("dlq_topic") or {}).get("equal"),
+                "peak_rss_mb": self.peak_rss_mb,
                 **({} if self.exact else {"report_tail": self.tail})}
 
 
@@ -195,12 +198,24 @@ class LiveRun:
                 pass
 
     def verify(self, *args: str, timeout_s: float = 1800) -> VerifyResult:
-        res = subprocess.run([sys.executable, "-m", "app.verify", "--json", *args],
-                             env=self.env(LOG_LEVEL="warning"), cwd=REPO, capture_output=True, text=True,
-                             timeout=timeout_s, check=False)
-        (self.logs / "verify.log").write_text(res.stdout + res.stderr)
+        """Run verify; its own peak RSS comes from wait4 on its pid (not the max over every
+        child this process ever waited for, which is what RUSAGE_CHILDREN gives)."""
+        log = self.logs / "verify.log"
+        with open(log, "w+") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "app.verify", "--json", *args],
+                                    env=self.env(LOG_LEVEL="warning"), cwd=REPO, stdout=out,
+                                    stderr=subprocess.STDOUT, text=True)
+            timer = threading.Timer(timeout_s, proc.kill)
+            timer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                timer.cancel()
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            stdout = out.read()
         summary = None
-        for line in reversed(res.stdout.strip().splitlines()):
+        for line in reversed(stdout.strip().splitlines()):
             if line.startswith("{"):
                 try:
                     summary = json.loads(line)
@@ -208,8 +223,9 @@ class LiveRun:
                     pass
                 break
         # the human report's last lines (verdict, first differing keys), not its JSON summary
-        tail = "\n".join([ln for ln in res.stdout.strip().splitlines() if not ln.startswith("{")][-12:])
-        return VerifyResult(res.returncode, res.returncode == 0, summary, tail)
+        tail = "\n".join([ln for ln in stdout.strip().splitlines() if not ln.startswith("{")][-12:])
+        return VerifyResult(proc.returncode, proc.returncode == 0, summary, tail,
+                            peak_rss_mb=round(usage.ru_maxrss / 1024, 1))  # ru_maxrss: KiB on Linux
 
     def clickhouse_rows(self, sql: str) -> list[list[Any]]:
         """Rows of one query against this run's embedded ClickHouse, in a child process (an

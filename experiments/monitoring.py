@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import urllib.parse
 import urllib.request
@@ -45,7 +46,8 @@ class Series:
 class Monitoring:
     def __init__(self, state_dir: Path, *, scrape_interval: str = "1s") -> None:
         self.dir = state_dir
-        self.env = {"PROMETHEUS_DIR": str(state_dir), "PROMETHEUS_PORT": str(free_port()),
+        # PYTHON: the dashboard runs on this interpreter (a bare python3 outside make lacks psycopg)
+        self.env = {"PYTHON": sys.executable, "PROMETHEUS_DIR": str(state_dir), "PROMETHEUS_PORT": str(free_port()),
                     "DASHBOARD_PORT": str(free_port()), "SCRAPE_INTERVAL": scrape_interval,
                     "METRICS_TARGETS_DIR": str(state_dir / "targets")}
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from app.core.config import duration_arg
 from experiments.benchkit import analyse as an
+from experiments.benchkit import footprint as fp
 from experiments.benchkit.scope import EndOffsets, record_timestamps, sample_stride
 from experiments.findings_out import label_figure, out_dir, pyplot, write_json
 from experiments.livekit import REPO, LiveRun, say
@@ -135,6 +136,7 @@ def run_phase(args: argparse.Namespace, mon: Monitoring, out: Path, proc_wait: s
         live.wait_assigned()
         say(NAME, f"phase {label}: {events:,} events at {args.rate:,.0f}/s ({live.scope.pipeline_id})")
         t0 = time.time()
+        wal_start = fp.wal_position(live.scope.database_url)
         live.start_gen("--seed", str(args.seed), "--events", str(events), "--rate", str(args.rate),
                        "--event-time-rate", str(args.rate), "--accounts", str(args.accounts),
                        "--start-time", args.start_time)
@@ -177,7 +179,10 @@ def run_phase(args: argparse.Namespace, mon: Monitoring, out: Path, proc_wait: s
         if spies:
             from experiments.profile_processor import summarise
             profiles = {name: summarise(path, name) for name, path, _ in spies if path.exists()}
-        verdict = live.verify()
+        disk = footprint(live, sum(end_offsets.values()), wal_start)
+        t_verify = time.monotonic()
+        verdict = live.verify(timeout_s=max(1800.0, events / 50_000))  # verify reads ~110k records/s here
+        verify_s = time.monotonic() - t_verify
         say(NAME, f"phase {label}: verify {'EXACT' if verdict.exact else 'MISMATCH'} (exit {verdict.exit_code})")
         lag_flat = an.lag_verdict([p[0] for p in timeline["kafka_lag_records"]],
                                   [int(p[1]) for p in timeline["kafka_lag_records"]], args.rate,
@@ -191,7 +196,9 @@ def run_phase(args: argparse.Namespace, mon: Monitoring, out: Path, proc_wait: s
             "inserts": rows, "cpu_s": cpu,
             "cpu_share_of_one_core": {k: round(v / max(drained_at - t0, 1e-9), 3) for k, v in cpu.items()},
             "profile_shares": profiles,
-            "verify": verdict.brief(),
+            "disk": disk,
+            "verify": {**verdict.brief(), "seconds": round(verify_s, 1),
+                       "records_per_s": round(sum(end_offsets.values()) / max(verify_s, 1e-9))},
             "timeline": timeline,
         }
     finally:
@@ -199,6 +206,27 @@ def run_phase(args: argparse.Namespace, mon: Monitoring, out: Path, proc_wait: s
             live.stop()
         else:
             live.drop()
+
+
+def footprint(live: LiveRun, events: int, wal_start: str) -> dict[str, Any]:
+    """Disk bytes per event in Kafka, Postgres and ClickHouse once the run drained (the
+    processes stopped: the embedded ClickHouse path is free)."""
+    scope = live.scope
+    kafka = fp.kafka_topic_bytes(scope.bootstrap, scope.events_topic)
+    ledger = fp.ledger_bytes(scope.database_url, scope.pipeline_id)
+    wal = fp.wal_bytes_since(scope.database_url, wal_start)
+    clickhouse = fp.clickhouse_parts(live.clickhouse_rows(fp.CLICKHOUSE_PARTS))
+    ch_bytes = sum(t["bytes_on_disk"] for t in clickhouse.values())
+    state = fp.dir_bytes(scope.data_dir / "state")
+    return {
+        "events": events,
+        "kafka_topic_bytes": kafka, "kafka_bytes_per_event": fp.per_event(kafka and kafka["log"], events),
+        "postgres_wal_bytes": wal, "postgres_wal_bytes_per_event": fp.per_event(wal, events),
+        "postgres_ledger_rows_bytes": ledger,
+        "postgres_ledger_bytes_per_event": fp.per_event(sum(ledger.values()), events),
+        "clickhouse_tables": clickhouse, "clickhouse_bytes_per_event": fp.per_event(ch_bytes, events),
+        "leveldb_state_bytes": state,
+    }
 
 
 def plot(doc: dict[str, Any], out: Path) -> list[Path]:
