@@ -37,6 +37,7 @@ from typing import Any
 from app.core.config import duration_arg
 from experiments.benchkit import analyse as an
 from experiments.benchkit import footprint as fp
+from experiments.benchkit.proc import py_spy
 from experiments.benchkit.scope import EndOffsets, record_timestamps, sample_stride
 from experiments.findings_out import label_figure, out_dir, pyplot, write_json
 from experiments.livekit import REPO, LiveRun, say
@@ -115,7 +116,7 @@ def whole_phase_quantiles(mon: Monitoring, at: float, seconds: float) -> dict[st
 
 
 def profile(pid: int, path: Path, seconds: float) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy")
+    spy = py_spy()
     if spy is None:
         say(NAME, "py-spy not found: no profile")
         return None

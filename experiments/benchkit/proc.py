@@ -9,8 +9,10 @@ two cores went.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -124,6 +126,13 @@ class Child:
     @property
     def wall_s(self) -> float:
         return (self.ended_at or time.time()) - self.started_at
+
+
+def py_spy() -> str | None:
+    """py-spy's path: on PATH, or installed beside this interpreter (a venv's python run
+    directly, its bin/ not on PATH)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if os.access(beside, os.X_OK) else None)
 
 
 def _die_with_parent() -> None:

@@ -3,7 +3,6 @@ topic) and one open-model trial (generator at a fixed rate, processor and sink r
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from experiments.benchkit import analyse as an
-from experiments.benchkit.proc import Child, cpu_snapshot, listening_pids
+from experiments.benchkit.proc import Child, cpu_snapshot, listening_pids, py_spy
 from experiments.benchkit.scope import EndOffsets, Scope, record_timestamps
 
 
@@ -110,7 +109,7 @@ def run_catchup(
     ]
     spies = []
     if profile:
-        spy = shutil.which("py-spy")
+        spy = py_spy()
         if spy is None:
             log("--profile: py-spy not found (pip install py-spy); running without it")
         else:
