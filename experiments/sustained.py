@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--start-time", default="now",
                     help="the generator's event time of record 0 (default now, so the watermark lag panel "
                          "reads seconds; verify recomputes the truth from the log either way)")
+    ap.add_argument("--processor-arg", action="append", default=[], metavar="FLAG",
+                    help="extra processor flag, repeatable (e.g. --processor-arg=--state-cache-windows=4000000)")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip py-spy")
     ap.add_argument("--out", type=Path, default=None, help="output directory (default docs/findings/sustained)")
     ap.add_argument("--keep", action="store_true", help="keep each phase's topics, ledger rows and ClickHouse")
@@ -133,7 +135,7 @@ def run_phase(args: argparse.Namespace, mon: Monitoring, out: Path, proc_wait: s
     events = int(args.rate * args.duration)
     try:
         sink = live.start_sink("--batch-max-wait", sink_wait)
-        proc = live.start_processor("--batch-max-wait", proc_wait)
+        proc = live.start_processor("--batch-max-wait", proc_wait, *args.processor_arg)
         live.wait_assigned()
         say(NAME, f"phase {label}: {events:,} events at {args.rate:,.0f}/s ({live.scope.pipeline_id})")
         t0 = time.time()
