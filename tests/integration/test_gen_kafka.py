@@ -153,6 +153,39 @@ def test_existing_topic_is_accepted_with_its_partition_count(topics: list[str]) 
     assert _read_topic(topic, 3_000) == _by_partition(generate(spec), 2)
 
 
+def _timestamps(topic: str, expected: int, timeout_s: float = 60) -> list[int]:
+    """CreateTime (ms) of every record: set by the client when the generator produced it."""
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"test-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "log_level": 3})
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics[topic]
+        consumer.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+        out: list[int] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expected and time.monotonic() < deadline:
+            out += [m.timestamp()[1] for m in consumer.consume(num_messages=10_000, timeout=1.0) if m.error() is None]
+        return sorted(out)
+    finally:
+        consumer.close()
+
+
+@needs_kafka
+def test_a_paced_run_sends_steadily_at_its_rate(topics: list[str]) -> None:
+    """The open model: records leave at the rate asked, spread over the run (in ticks of a
+    few ms when ahead of the schedule, not in bursts that leave gaps)."""
+    topic = _new_topic(topics)
+    n, rate = 16_000, 8_000
+    done = _run_gen(topic, "--seed", "4", "--accounts", "1000", "--events", str(n), "--rate", str(rate),
+                    "--partitions", "2")
+    assert done["events"] == n
+    stamps = _timestamps(topic, n)
+    assert len(stamps) == n
+    span_s = (stamps[-1] - stamps[0]) / 1000
+    assert n / rate * 0.9 <= span_s <= n / rate * 1.5, span_s
+    per_half_second = np.bincount((np.array(stamps) - stamps[0]) // 500)
+    assert per_half_second.min() > 0, per_half_second  # spread over the run, not sent in a few bursts
+
+
 @needs_kafka
 def test_sigterm_stops_flushes_and_exits_0(topics: list[str]) -> None:
     topic = _new_topic(topics)
