@@ -100,7 +100,7 @@ async function main() {
     rounds += 1;
     document.body.dataset.rendered = String(rounds);
     document.getElementById("meta").textContent =
-      `last ${RANGE_S / 60} min, step ${step}s, refreshed ${new Date().toISOString()}`;
+      `last ${Math.round(RANGE_S / 6) / 10} min, step ${step}s, refreshed ${new Date().toISOString()}`;
   }
   await refresh();
   setInterval(refresh, REFRESH_MS);
