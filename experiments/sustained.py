@@ -20,7 +20,13 @@ seeded input at the same rate. Measured:
   * verify at the end of every phase: EXACT or the run fails.
 
     python -m experiments.sustained                          # 2 phases x 90 s at 4k/s, ~6 min
-    python -m experiments.sustained --rate 20000 --duration 30m --phases 1s:5s
+    python -m experiments.sustained --rate 100000 --duration 30m --phases 1s:5s --no-profile \
+        --out docs/findings/sustained/30min                  # ~75 min, docs/findings.md
+
+Also measured once the run drained: disk bytes per event in Kafka, Postgres and ClickHouse
+(experiments/benchkit/footprint.py), and verify's time and peak RSS. py-spy (--profile, the
+default) costs the pipeline ~0.3 core at 100k events/s, mostly sampling the sink's ClickHouse
+threads: use --no-profile for a rate at the machine's limit.
 """
 
 from __future__ import annotations
