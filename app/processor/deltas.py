@@ -256,3 +256,12 @@ class WindowDeltas:
     def clear(self) -> None:
         self._keys, self._values = [], []
         self.rows = 0
+
+
+def count_distinct(values: np.ndarray) -> int:
+    """How many distinct values: by sorting, not np.unique, whose hash table (numpy >= 2.3)
+    took 6.6 s for 5M distinct 64-bit key hashes here against 0.4 s for a sort."""
+    if values.size == 0:
+        return 0
+    ordered = np.sort(values)
+    return int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1
