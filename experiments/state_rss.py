@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient
 from app.core.config import env, psycopg_conninfo
 from app.core.kafka import ensure_topic, producer_config
 from app.ledger.scope import forget_pipeline
+from experiments.benchkit.footprint import dir_bytes
 
 COUNTRIES = ("US", "DE", "GB", "FR", "JP", "IN", "BR", "CA", "AU", "IT", "ES", "MX", "KR", "NL", "SE", "CH")
 HOUR_START_MS = 1_763_596_800_000  # 2025-11-20T00:00:00Z
@@ -182,7 +183,7 @@ def main() -> int:
     with psycopg.connect(psycopg_conninfo(scope["DATABASE_URL"])) as conn:
         (records,) = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM partition_state WHERE pipeline_id = %s",
                                   (scope["PIPELINE_ID"],)).fetchone()  # type: ignore[misc]
-    du = sum(f.stat().st_size for f in state_dir.rglob("*") if f.is_file()) if state_dir.exists() else 0
+    du = dir_bytes(state_dir)
     result = {
         "experiment": "state_rss", "keys": args.keys, "state_store": args.state_store,
         "partitions": args.partitions, "records_processed": int(records),

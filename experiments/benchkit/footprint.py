@@ -18,6 +18,7 @@ from psycopg import sql
 
 from app.core.config import psycopg_conninfo
 from app.core.kafka import admin as kafka_admin
+from app.ledger.scope import pipeline_tables
 
 
 def kafka_log_dirs(bootstrap: str) -> list[Path]:
@@ -67,10 +68,7 @@ def ledger_bytes(database_url: str, pipeline_id: str) -> dict[str, int]:
     stored, possibly compressed size, without indexes)."""
     out: dict[str, int] = {}
     with psycopg.connect(psycopg_conninfo(database_url), autocommit=True) as conn:
-        tables = sorted({r[0] for r in conn.execute(
-            """SELECT table_name FROM information_schema.columns
-               WHERE table_schema = current_schema() AND column_name = 'pipeline_id'""")})
-        for table in tables:
+        for table in pipeline_tables(conn):
             row = conn.execute(sql.SQL("SELECT coalesce(sum(pg_column_size(t.*)), 0)::bigint FROM {} t "
                                        "WHERE pipeline_id = %s").format(sql.Identifier(table)),
                                (pipeline_id,)).fetchone()

@@ -17,16 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from app.core.config import psycopg_conninfo
-
-# Every ledger table is scoped by pipeline_id (migrations/versions/0001_ledger.py).
-LEDGER_TABLES = (
-    "sink_batch",
-    "window_snapshot",
-    "dlq_count",
-    "partition_state",
-    "pipeline_run",
-    "ledger_checkpoint",
-)
+from app.ledger.scope import forget_pipeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +68,7 @@ class Scope:
     def drop(self, *, topics: bool = True) -> None:
         """Delete this scope's ledger rows, local data and (optionally) its topics."""
         with psycopg.connect(psycopg_conninfo(self.database_url), autocommit=True) as conn:
-            # every table scoped by pipeline_id, including ones later migrations add
-            tables = [
-                r[0]
-                for r in conn.execute(
-                    """SELECT table_name FROM information_schema.columns
-                   WHERE table_schema = current_schema() AND column_name = 'pipeline_id'"""
-                )
-            ]
-            for table in sorted(set(tables) | set(LEDGER_TABLES)):
-                conn.execute(f'DELETE FROM "{table}" WHERE pipeline_id = %s', (self.pipeline_id,))
+            forget_pipeline(conn, self.pipeline_id)  # every pipeline_id table, from the catalog
         shutil.rmtree(self.data_dir, ignore_errors=True)
         if topics:
             delete_topics(self.bootstrap, [self.events_topic, self.dlq_topic])
