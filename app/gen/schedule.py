@@ -88,5 +88,12 @@ class RateSchedule:
         k = bisect.bisect_right(self.starts_s, elapsed_s) - 1
         return math.floor(self.counts[k] + (elapsed_s - self.starts_s[k]) * self.rates[k]) + 1
 
+    def wait_s(self, sent: int, elapsed_s: float, tick_s: float) -> float:
+        """Seconds to wait before the next send, 0 = send now: when the oldest unsent record
+        (index `sent`) has been due for a tick. So a sender on schedule sends about
+        rate x tick records at a time, each at most a tick after its due time, instead of
+        waking for every next record."""
+        return max(self.due_s(sent) + tick_s - elapsed_s, 0.0)
+
     def rate_at(self, elapsed_s: float) -> float:
         return self.rates[max(bisect.bisect_right(self.starts_s, elapsed_s) - 1, 0)]

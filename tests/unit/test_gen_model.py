@@ -294,6 +294,27 @@ def test_rate_schedule_with_burst() -> None:
 # ---- flags -------------------------------------------------------------------------------
 
 
+def test_a_caught_up_sender_waits_a_tick_and_then_sends_a_tick_of_records() -> None:
+    """The send loop's pacing: once everything due is sent it does not wake for each next
+    record (one every 10 us at 100k/s: the loop's own overhead then cost more CPU than the
+    records), but sends when the oldest unsent record has been due for a tick, so each
+    batch holds about rate x tick records and none goes out later than a tick."""
+    tick = 0.005
+    s = RateSchedule.create(100_000.0)
+    sent = 1_000                     # records 0..999 sent
+    due_at = s.due_s(sent)           # record 1000 is due now
+    for elapsed in (due_at - 0.001, due_at, due_at + 0.0001, due_at + tick / 2):
+        wait = s.wait_s(sent, elapsed, tick)
+        assert wait == pytest.approx(due_at + tick - elapsed), elapsed   # a few records due: wait
+    assert s.wait_s(sent, due_at + tick, tick) == 0.0
+    assert s.due_count(due_at + tick) - sent >= 100_000 * tick       # the batch then sent
+    assert s.wait_s(sent, due_at + 3.0, tick) == 0.0                 # behind the schedule: at once
+    # at a rate below one record per tick each record still goes out within a tick of its time
+    slow = RateSchedule.create(10.0)
+    assert slow.wait_s(5, slow.due_s(5), tick) == pytest.approx(tick)
+    assert slow.wait_s(5, slow.due_s(5) - 0.05, tick) == pytest.approx(0.05 + tick)
+
+
 def test_cli_defaults() -> None:
     a = parse_args([])
     assert a.spec == GenSpec(seed=42, events=1_000_000, accounts=10_000_000, zipf_s=1.1, countries=50,
