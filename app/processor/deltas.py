@@ -168,6 +168,16 @@ def group_sums(values: Values, first: np.ndarray) -> Values:
     return Values(count, lo, hi_sum + carry)
 
 
+def group_totals(values: Values, first: np.ndarray) -> list[int]:
+    """Exact per-group sums as Python ints, unbounded (a group of Int128 sums may pass
+    Int128): each half of each sum split in 32-bit parts, summed per group in 64 bits
+    (exact below 2^31 rows), joined in Python once per group."""
+    hi = values.hi
+    parts = [np.add.reduceat(p, first).tolist() for p in (values.lo & _M32, values.lo >> _U64(32),
+                                                         hi & np.int64(0xFFFFFFFF), hi >> np.int64(32))]
+    return [(h1 << 96) + (h0 << 64) + (l1 << 32) + l0 for l0, l1, h0, h1 in zip(*parts, strict=True)]
+
+
 def _group_sums_exact(values: Values, first: np.ndarray) -> Values:
     bounds = np.append(first, values.count.size).tolist()
     sums = values.sums()

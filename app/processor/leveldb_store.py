@@ -22,7 +22,7 @@ state.py for the lifecycle and docs/exactly-once.md for the reconciliation rule.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,8 +231,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
                     wb.put(META_KEY, self._meta("committed", self._ref, self._next_offset))
         return dropped
 
-    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None,
-                    ) -> Iterator[tuple[WindowKey, Sequence[int]]]:
+    def final_windows(self, policy: LatenessPolicy, watermark_ms: int | None) -> tuple[Keys, Values]:
         """The windows `drop_final` will drop at step 4, with their values (called after
         prepare: the latest). Mirrors drop_final's choice per kind: from the cache when it
         knows every key of the range, else from disk; guarded as drop_final will guard
@@ -242,6 +241,7 @@ class LevelDBWindowStore(ColumnarWindowStore):
         guarded = self._guarded(False)
         final = self._open.final_mask(stops, guarded)
         cached_keys, cached_values = self._open.keys.take(final), self._open.values.take(final)
+        parts: list[tuple[Keys, Values]] = []
         for kind in KINDS:
             start_s, stop_s = self._final_from[kind], stops[kind]
             if stop_s <= start_s:
@@ -249,12 +249,17 @@ class LevelDBWindowStore(ColumnarWindowStore):
             kept = any(k == kind and start_s <= s < stop_s for k, s in guarded)
             if self._cached_after[kind] < start_s and not kept:
                 mine = cached_keys.kind == kind
-                yield from window_items(cached_keys.take(mine), cached_values.take(mine))
+                parts.append((cached_keys.take(mine), cached_values.take(mine)))
                 continue
-            for kb, v in self._db.iterator(start=PREFIX.pack(kind, start_s), stop=PREFIX.pack(kind, stop_s)):
-                if kept and (kind, PREFIX.unpack(kb[:PREFIX.size])[1]) in guarded:
-                    continue
-                yield unpack_key(kb), unpack_value(v)
+            entries = [(kb, v) for kb, v in self._db.iterator(start=PREFIX.pack(kind, start_s),
+                                                              stop=PREFIX.pack(kind, stop_s))
+                       if not (kept and (kind, PREFIX.unpack(kb[:PREFIX.size])[1]) in guarded)]
+            if entries:
+                raw_keys, raw_values = zip(*entries, strict=True)
+                parts.append(table_columns(table_from_raw(self.partition, list(raw_keys), list(raw_values))))
+        if not parts:
+            return Keys.empty(), Values.zeros(0)
+        return Keys.concat([k for k, _ in parts]), Values.concat([v for _, v in parts])
 
     # ---- snapshot and restore ---------------------------------------------
 

@@ -22,7 +22,7 @@ prepared, another ref) means it must be rebuilt from the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -70,10 +70,10 @@ class WindowStore(Protocol):
         """Forget windows that can no longer change (never a dirty or pending one);
         returns how many were dropped."""
 
-    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None,
-                    ) -> Iterator[tuple[WindowKey, Sequence[int]]]:
+    def final_windows(self, policy: LatenessPolicy, watermark_ms: int | None) -> tuple[Keys, Values]:
         """The windows `drop_final(policy, watermark_ms)` would drop now, with their values
-        (called after `prepare`: the latest ones). The settled totals (app/processor/settled.py)."""
+        (called after `prepare`: the latest ones), as columns. The settled totals
+        (app/processor/settled.py)."""
 
     def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:
         """Every open window as of now, in tables of at most rows_per_chunk rows. The view
@@ -190,10 +190,10 @@ class InMemoryWindowStore(ColumnarWindowStore):
         self._open.drop(final)
         return int(final.sum())
 
-    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None) -> Iterator[tuple[WindowKey, list[int]]]:
+    def final_windows(self, policy: LatenessPolicy, watermark_ms: int | None) -> tuple[Keys, Values]:
         """The windows `drop_final` would drop now, with their values."""
         final = self._open.final_mask(final_stops(policy, watermark_ms), self._guarded(False))
-        return window_items(self._open.keys.take(final), self._open.values.take(final))
+        return self._open.keys.take(final), self._open.values.take(final)
 
     def snapshot(self) -> pa.Table:
         self._absorb()

@@ -19,6 +19,7 @@ from app.ledger.ledger import Checkpoint, CommitResult, PartitionFenced
 from app.processor.batch import window_table
 from app.processor.checkpoint import Checkpointer
 from app.processor.config import ProcessorConfig
+from app.processor.deltas import Keys, Values
 from app.processor.partition import OwnedPartition
 from app.processor.snapshots import Snapshots
 from app.processor.windows import LatenessPolicy, WindowKind
@@ -49,8 +50,8 @@ class FakeStore:
         self.calls.append(("drop_final", self.partition, watermark_ms))
         return 0
 
-    def final_items(self, policy: LatenessPolicy, watermark_ms: int | None) -> Iterator[tuple[object, list[int]]]:
-        return iter([])  # the settled totals (app/processor/settled.py): nothing final here
+    def final_windows(self, policy: LatenessPolicy, watermark_ms: int | None) -> tuple[Keys, Values]:
+        return Keys.empty(), Values.zeros(0)  # the settled totals (app/processor/settled.py): nothing final
 
     def snapshot_chunks(self, rows_per_chunk: int) -> Iterator[pa.Table]:
         self.calls.append(("snapshot_start", self.partition))

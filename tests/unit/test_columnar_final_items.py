@@ -1,6 +1,6 @@
-"""The settled totals (app/processor/settled.py) sum `final_items` after step 2 of a
+"""The settled totals (app/processor/settled.py) sum `final_windows` after step 2 of a
 checkpoint; step 4's `drop_final` then forgets windows. Every window is counted exactly once
-only if the two agree: final_items (called before the local commit) lists exactly the windows
+only if the two agree: final_windows (called before the local commit) lists exactly the windows
 drop_final drops right after it, with the values they had. Checked on the columnar stores
 in every state they can be in: the in-memory one, a LevelDB store with its whole window
 cache, one whose cache overflowed, one reopened (nothing cached), and with windows not yet
@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 
 from app.processor.leveldb_store import LevelDBOptions, LevelDBWindowStore
-from app.processor.state import InMemoryWindowStore, WindowStore
+from app.processor.state import InMemoryWindowStore, WindowStore, window_items
 from app.processor.windows import LatenessPolicy, WindowKey, WindowKind
 
 POLICY = LatenessPolicy(5_000, 60_000, 60_000)
@@ -33,8 +33,8 @@ def _random_deltas(rnd: random.Random, watermark: int) -> dict[WindowKey, list[i
     return deltas
 
 
-def _check_final_items_match_drop_final(store: WindowStore, steps: int, seed: int, watermark: int = 0) -> tuple[int, int]:
-    """Random checkpoints; at each, final_items (after prepare) == what drop_final drops.
+def _check_final_windows_match_drop_final(store: WindowStore, steps: int, seed: int, watermark: int = 0) -> tuple[int, int]:
+    """Random checkpoints; at each, final_windows (after prepare) == what drop_final drops.
     Returns (the watermark reached, windows settled)."""
     rnd = random.Random(seed)
     settled = 0
@@ -47,8 +47,9 @@ def _check_final_items_match_drop_final(store: WindowStore, steps: int, seed: in
         if rnd.random() < 0.3:  # folded after the take: not emitted yet, so guarded from dropping
             store.fold(_random_deltas(rnd, new_watermark))
         store.prepare(step)
-        final = dict(store.final_items(POLICY, new_watermark))
-        assert len(final) == len(list(store.final_items(POLICY, new_watermark))), "a window listed twice"
+        keys, values = store.final_windows(POLICY, new_watermark)
+        final = dict(window_items(keys, values))
+        assert len(final) == len(keys), "a window listed twice"
         store.commit(f"{step}@0", step)
         before = {k: list(v) for k, v in store.items()}  # type: ignore[attr-defined]
         dropped = store.drop_final(POLICY, new_watermark)
@@ -61,26 +62,26 @@ def _check_final_items_match_drop_final(store: WindowStore, steps: int, seed: in
     return watermark, settled
 
 
-def test_final_items_are_what_drop_final_drops_in_memory() -> None:
+def test_final_windows_are_what_drop_final_drops_in_memory() -> None:
     store = InMemoryWindowStore(0)
-    _, settled = _check_final_items_match_drop_final(store, 120, seed=1)
+    _, settled = _check_final_windows_match_drop_final(store, 120, seed=1)
     assert settled > 100, "the run must finalise windows for the check to mean anything"
 
 
-def test_final_items_are_what_drop_final_drops_in_leveldb(tmp_path: Path) -> None:
+def test_final_windows_are_what_drop_final_drops_in_leveldb(tmp_path: Path) -> None:
     for name, options in (("whole", LevelDBOptions()), ("overflowing", LevelDBOptions(cache_windows=7))):
         store = LevelDBWindowStore(0, tmp_path / name, options)
-        _, settled = _check_final_items_match_drop_final(store, 120, seed=2)
+        _, settled = _check_final_windows_match_drop_final(store, 120, seed=2)
         assert settled > 100, f"{name}: the run must finalise windows"
         store.close()
 
 
-def test_final_items_of_a_reopened_leveldb_store_come_from_disk(tmp_path: Path) -> None:
+def test_final_windows_of_a_reopened_leveldb_store_come_from_disk(tmp_path: Path) -> None:
     store = LevelDBWindowStore(0, tmp_path / "p")
-    watermark, _ = _check_final_items_match_drop_final(store, 30, seed=3)
+    watermark, _ = _check_final_windows_match_drop_final(store, 30, seed=3)
     store.close()
     store = LevelDBWindowStore(0, tmp_path / "p")  # nothing cached: the final ones are on disk only
     assert store.committed_ref() is not None
-    _, settled = _check_final_items_match_drop_final(store, 60, seed=4, watermark=watermark)
+    _, settled = _check_final_windows_match_drop_final(store, 60, seed=4, watermark=watermark)
     assert settled > 50, "the reopened store must finalise windows it did not cache"
     store.close()
