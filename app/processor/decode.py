@@ -121,31 +121,34 @@ def decode_run(keys: Sequence[bytes | None], values: Sequence[bytes | None], max
     itself, which decides: the same verdict and error text as one record at a time."""
     n = len(values)
     try:
-        oversized = n > 0 and max(map(len, values)) > max_record_bytes  # type: ignore[arg-type]
+        joined = b"".join(values)  # type: ignore[arg-type]  # a run's bytes, for size and ASCII
     except TypeError:  # a null value
-        oversized = True
+        joined = None
+    # a run no larger than the limit holds no record larger than it (one length, not n)
+    oversized = joined is None or (len(joined) > max_record_bytes
+                                   and max(map(len, values)) > max_record_bytes)  # type: ignore[arg-type]
     unclear: set[int] = set()
     if oversized:
         unclear = {i for i, v in enumerate(values) if v is None or len(v) > max_record_bytes}
     todo = range(n) if not unclear else [i for i in range(n) if i not in unclear]
     todo_values = values if not unclear else [values[i] for i in todo]
     events: list[Event] = []
-    failed: list[int] = []
+    failed: list[int] = []  # positions in todo msgspec rejected: decode_record says why
     dec = _decoder.decode
-    while len(events) < len(todo):
+    while (done := len(events) + len(failed)) < len(todo):
         try:
-            events.extend(map(dec, itertools.islice(todo_values, len(events), None)))  # type: ignore[arg-type]
+            # extend() keeps what map() produced before an exception
+            events.extend(map(dec, itertools.islice(todo_values, done, None)))  # type: ignore[arg-type]
         except _DECODE_ERRORS:
-            failed.append(len(events))  # where it stopped: decode_record says why
-            events.append(_FAILED)  # type: ignore[arg-type]
+            failed.append(len(events) + len(failed))
     if failed:
         unclear.update(todo[j] for j in failed)
-        rows = [i for i, e in zip(todo, events, strict=True) if e is not _FAILED]
-        events = [e for e in events if e is not _FAILED]
+        rows = np.delete(np.asarray(todo), failed).tolist()
     else:
         rows = list(todo)
     accounts = list(map(_account_of, events))
-    if not b"".join(todo_values).isascii():  # type: ignore[arg-type]  # one SIMD scan of the run
+    ascii_run = joined if todo_values is values and joined is not None else b"".join(todo_values)  # type: ignore
+    if not ascii_run.isascii():  # one SIMD scan of the run
         unclear.update(i for i in rows if not values[i].isascii())  # type: ignore[union-attr]
     expected = [b"%d" % a for a in accounts]
     given = keys_of(keys, rows)
@@ -187,15 +190,23 @@ def decode_run(keys: Sequence[bytes | None], values: Sequence[bytes | None], max
     return DecodedRun(valid, *columns, errors)
 
 
-_FAILED: Final = object()
 _account_of: Final = operator.attrgetter("account_id")
 _country_of: Final = operator.attrgetter("country")
 _time_of: Final = operator.attrgetter("event_time")
 _amount_of: Final = operator.attrgetter("amount")
 
 
+# the two ASCII letters of a country read as one little-endian uint16 -> its code
+_CODE_OF_LETTERS: Final = np.zeros(1 << 16, np.uint16)
+for _country, _code in CODE_OF.items():
+    _CODE_OF_LETTERS[int.from_bytes(_country.encode("ascii"), "little")] = _code
+
+
 def _countries(events: list[Event]) -> np.ndarray:
-    return np.fromiter(map(CODE_OF.__getitem__, map(_country_of, events)), np.uint16, len(events))
+    """Country codes: every decoded country is two letters A-Z (the Country Literal), so the
+    run's countries joined are 2 bytes each."""
+    letters = "".join(map(_country_of, events)).encode("ascii")
+    return _CODE_OF_LETTERS[np.frombuffer(letters, dtype="<u2")]
 
 
 def keys_of(keys: Sequence[bytes | None], rows: list[int]) -> list[bytes | None]:

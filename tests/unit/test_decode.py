@@ -3,7 +3,8 @@
 import orjson
 import pytest
 
-from app.processor.decode import InvalidEvent, decode_event
+from app.processor.decode import InvalidEvent, decode_event, decode_record, decode_run
+from app.processor.deltas import CODE_OF
 
 BASE = {"event_id": "e-1", "account_id": 8812, "country": "DE", "event_time": 1764115200123,
         "amount": 1999, "kind": "purchase"}
@@ -68,3 +69,34 @@ def test_missing_field(field: str) -> None:
 def test_invalid_fields(over: dict[str, object]) -> None:
     with pytest.raises(InvalidEvent):
         decode_event(_big({**BASE, **over}))
+
+
+def _record_verdicts(keys: list[bytes | None], values: list[bytes | None], limit: int) -> list[object]:
+    out: list[object] = []
+    for k, v in zip(keys, values, strict=True):
+        try:
+            ev = decode_record(k, v, limit)
+            out.append((ev.account_id, CODE_OF[ev.country], ev.event_time, ev.amount))
+        except InvalidEvent as e:
+            out.append(str(e))
+    return out
+
+
+@pytest.mark.parametrize("limit", [400, 1 << 20])  # below and above the whole run's size
+def test_a_run_decodes_as_its_records_do_one_by_one(limit: int) -> None:
+    """decode_run's fast paths (the run's size and ASCII checked once, msgspec over the run,
+    countries through a lookup table) give each record decode_record's verdict and error."""
+    good = [enc(account_id=a, country=c, amount=a * 3) for a, c in ((1, "AA"), (22, "ZZ"), (333, "DE"), (4, "US"))]
+    values: list[bytes | None] = [good[0], None, b"{not json", good[1], enc(country="de"), b"x" * 500,
+                                  enc(kind="\u00e9t\u00e9").replace(b"\\u00e9", "\u00e9".encode()), good[2],
+                                  enc(account_id=2**64), good[3], enc(account_id=7)]
+    keys: list[bytes | None] = [b"1", b"5", b"5", b"22", b"8812", b"9", b"8812", b"0333", b"1", b"4", None]
+    want = _record_verdicts(keys, values, limit)
+    run = decode_run(keys, values, limit)
+    got: list[object] = [run.errors[i] if not run.valid[i] else
+                         (int(run.account[i]), int(run.country[i]), int(run.event_time[i]), int(run.amount[i]))
+                         for i in range(len(values))]
+    assert got == want
+    # valid: good[0], good[1], good[3] and the UTF-8 kind; good[2]'s key has a leading zero
+    assert sum(isinstance(v, tuple) for v in want) == 4
+    assert sum(isinstance(v, str) for v in want) == len(values) - 4
