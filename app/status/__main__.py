@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 
 import structlog
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start_command(PROG, args)
     s = service_settings(args)
+    started = time.monotonic()
     timeout_s = math.inf if args.service_timeout is None else args.service_timeout
     ledger = Ledger(s.database_url, s.pipeline_id, s.events_topic)
     try:
@@ -98,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         kafka_error = f"{e} (at {s.kafka_bootstrap_servers})"
     status = build(s.pipeline_id, s.events_topic, view, kafka, kafka_error,
                    StuckRules(args.max_group_attempts, args.stall_after))
+    # what the answer rests on, for an operator who asks with --log-level debug
+    log.debug("status_read", partitions=len(view.partitions), kafka_read=kafka_error is None,
+              seconds=round(time.monotonic() - started, 3))
     if args.json:
         print(as_json(status), flush=True)
     else:
