@@ -15,7 +15,6 @@ seeded per process; a collision (two keys, one hash) is detected, never trusted:
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from dataclasses import dataclass
 from typing import Final
@@ -179,11 +178,7 @@ def group_totals(values: Values, first: np.ndarray) -> list[int]:
 
 
 def _group_sums_exact(values: Values, first: np.ndarray) -> Values:
-    bounds = np.append(first, values.count.size).tolist()
-    sums = values.sums()
-    counts = np.add.reduceat(values.count, first).tolist()
-    totals = [sum(sums[a:b]) for a, b in itertools.pairwise(bounds)]
-    return Values.of_ints(counts, totals)
+    return Values.of_ints(np.add.reduceat(values.count, first).tolist(), group_totals(values, first))
 
 
 @dataclass(frozen=True, slots=True)
