@@ -10,6 +10,7 @@ tests/ is the polling interval below.
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -126,10 +127,20 @@ def sigterm_and_time(proc: subprocess.Popen[bytes], timeout: float = 60) -> floa
 
 
 def free_port() -> int:
-    """A TCP port nothing listens on right now (for a server the test starts, or a closed port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing listens on right now (for a server the test starts, or a closed port).
+
+    Picked at random below the kernel's ephemeral range (32768+ here), not by binding port 0:
+    a port from that range can be taken by any outgoing connection (Kafka, Postgres clients
+    of the other test worker) before the test's server binds it, which failed a run once."""
+    for _ in range(200):
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port in 20000-32000")
 
 
 def assert_crashed_at(returncode: int | None, stderr: str, point: str, nth: int | None = None) -> None:
